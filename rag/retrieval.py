@@ -1,0 +1,122 @@
+"""Retrieval: dense (FAISS) and lexical (BM25) search fused by reciprocal rank, without near-duplicates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from rag.chunking import Passage
+from rag.index import Index
+from rag.tokens import tokenize
+
+MODES = ("hybrid", "dense", "bm25")
+RRF_K = 60  # the constant of Cormack et al.; damps the weight of the very first ranks
+CANDIDATES = 50  # how deep each ranked list goes into the fusion
+DUPLICATE_COSINE = 0.95  # passages this similar to a better one repeat it and are skipped
+
+
+@dataclass(frozen=True)
+class Query:
+    """A question ready to search: its text, tokens and unit vector."""
+
+    text: str
+    tokens: tuple[str, ...]
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved passage with the scores that put it where it is."""
+
+    passage: Passage
+    position: int  # row of the passage in the index
+    rank: int  # 0 for the best hit
+    score: float  # fused score that orders the hits
+    dense: float  # cosine similarity of the passage to the question
+
+
+def make_query(text: str, vector: np.ndarray, *, emphasis: str = "") -> Query:
+    """A query; tokens of ``emphasis`` (a follow-up's own words) count twice for BM25."""
+    return Query(text, (*tokenize(text), *tokenize(emphasis)), vector)
+
+
+def retrieve(
+    index: Index,
+    query: Query,
+    top_k: int,
+    *,
+    mode: str = "hybrid",
+    allowed: np.ndarray | None = None,
+) -> list[Hit]:
+    """The ``top_k`` best passages for a query, best first.
+
+    Four ranked lists are fused by reciprocal rank: passages by embedding
+    (FAISS), passages by their best sentence's embedding, passages by BM25,
+    and passages by their best sentence's BM25. Whole passages catch topical
+    matches; single sentences catch the one line that answers inside a passage
+    about something else. ``allowed`` masks passages before ranking, so a
+    filtered question still gets ``top_k`` passages when that many match.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    total = len(index.passages)
+    depth = min(CANDIDATES, total if allowed is None else int(allowed.sum()))
+    if depth == 0:
+        return []
+    starts = index.sentence_start[:-1]
+    lists: list[np.ndarray] = []
+    dense = _dense_search(index, query.vector, depth, allowed)
+    if mode in ("hybrid", "dense"):
+        lists.append(np.fromiter(dense, dtype=np.int64))
+        best_sentence = np.maximum.reduceat(index.sentence_vectors @ query.vector, starts)
+        lists.append(_top(best_sentence, depth, allowed))
+    if mode in ("hybrid", "bm25") and query.tokens:
+        tokens = list(query.tokens)
+        lists.append(_top(index.bm25.get_scores(tokens), depth, allowed, positive=True))
+        sentence_scores = index.sentence_bm25.get_scores(tokens)
+        lists.append(_top(np.maximum.reduceat(sentence_scores, starts), depth, allowed, True))
+    fused: dict[int, float] = {}
+    for ranked in lists:
+        for rank, position in enumerate(ranked.tolist()):
+            fused[position] = fused.get(position, 0.0) + 1.0 / (RRF_K + rank + 1)
+    hits: list[Hit] = []
+    for position in sorted(fused, key=lambda p: (-fused[p], p)):
+        if _repeats(index, position, hits):
+            continue
+        cosine = dense.get(position)
+        if cosine is None:
+            cosine = float(index.passage_vectors[position] @ query.vector)
+        hits.append(Hit(index.passages[position], position, len(hits), fused[position], cosine))
+        if len(hits) == top_k:
+            break
+    return hits
+
+
+def _top(
+    scores: np.ndarray, depth: int, allowed: np.ndarray | None, positive: bool = False
+) -> np.ndarray:
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    order = np.argsort(-scores, kind="stable")[:depth]
+    return order[scores[order] > 0] if positive else order[np.isfinite(scores[order])]
+
+
+def _dense_search(
+    index: Index, vector: np.ndarray, depth: int, allowed: np.ndarray | None
+) -> dict[int, float]:
+    """Passages nearest the question in the FAISS index, as position -> cosine, best first."""
+    params = None
+    if allowed is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.flatnonzero(allowed)))
+    scores, positions = index.dense.search(vector[None, :], depth, params=params)
+    return {int(p): float(s) for p, s in zip(positions[0], scores[0], strict=True) if p >= 0}
+
+
+def _repeats(index: Index, position: int, hits: list[Hit]) -> bool:
+    """Whether a passage nearly repeats one already chosen (the articles overlap a lot)."""
+    if not hits:
+        return False
+    chosen = index.passage_vectors[[h.position for h in hits]]
+    return bool((chosen @ index.passage_vectors[position]).max() >= DUPLICATE_COSINE)

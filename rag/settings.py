@@ -1,0 +1,106 @@
+"""Settings: the one object built at the edge (CLI, app factory) and passed to every stage."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from rag.errors import SettingsError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+INDEX_KINDS = ("flat", "hnsw", "auto")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline, the CLI and the web app can be told.
+
+    Every field can also be set from the environment as ``RAG_<FIELD>``,
+    e.g. ``RAG_INDEX_DIR=/srv/index``.
+    """
+
+    corpus_dir: Path = Path("corpus")
+    index_dir: Path = Path("index")
+    data_dir: Path = Path("data")
+    # A sentence-transformers model: the packaged all-MiniLM-L6-v2 by default,
+    # or any local model folder.
+    model: str = DEFAULT_MODEL
+    # Chunking, in words: passages aim for `chunk_words`, never exceed
+    # `chunk_max_words` unless one sentence does, and repeat
+    # `chunk_overlap_sentences` sentences when a long section is split.
+    chunk_words: int = 160
+    chunk_max_words: int = 200
+    chunk_overlap_sentences: int = 1
+    # Which FAISS index to build: exact inner product, HNSW, or HNSW from
+    # `hnsw_from_passages` passages on.
+    index_kind: str = "auto"
+    hnsw_from_passages: int = 50_000
+    top_k: int = 5
+    # Web limits.
+    max_body_bytes: int = 65_536
+    max_concurrency: int = 8
+    max_queue: int = 64
+    queue_timeout_seconds: float = 1.0
+    rate_limit_per_minute: int = 0
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # How often (seconds) a running server looks for a rebuilt index.
+    reload_check_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.chunk_words < 20 or self.chunk_max_words < self.chunk_words:
+            raise SettingsError(
+                f"chunk_words must be at least 20 and at most chunk_max_words "
+                f"(got {self.chunk_words} and {self.chunk_max_words})"
+            )
+        if self.chunk_overlap_sentences < 0:
+            raise SettingsError("chunk_overlap_sentences must be 0 or more")
+        if self.index_kind not in INDEX_KINDS:
+            raise SettingsError(
+                f"index_kind must be one of {', '.join(INDEX_KINDS)} (got {self.index_kind!r})"
+            )
+        if not 1 <= self.top_k <= 20:
+            raise SettingsError(f"top_k must be between 1 and 20 (got {self.top_k})")
+        if self.max_concurrency < 1 or self.max_queue < 0:
+            raise SettingsError("max_concurrency must be at least 1 and max_queue at least 0")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("max_body_bytes must be at least 1024")
+        if self.rate_limit_per_minute < 0:
+            raise SettingsError("rate_limit_per_minute must be 0 (off) or more")
+
+    @property
+    def feedback_db(self) -> Path:
+        return self.data_dir / "feedback.sqlite3"
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from ``RAG_*`` variables, then explicit overrides (``None`` is ignored)."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"RAG_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, kind: object, raw: str) -> object:
+    kind = str(kind)
+    try:
+        if kind == "Path":
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"RAG_{name.upper()} must be a {kind}, got {raw!r}") from None
+    return raw
