@@ -46,7 +46,7 @@ _DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed 
 
 @dataclass(frozen=True)
 class Citation:
-    """A cited passage; ``highlights`` are ``[start, end)`` offsets in ``text`` of quoted sentences."""
+    """A cited passage: ``highlights`` are ``[start, end)`` offsets of quotes in ``text``."""
 
     n: int
     passage_id: str

@@ -1,4 +1,4 @@
-"""Embedding: turn passages, sentences and questions into normalised vectors, on the CPU, offline."""
+"""Embedding: passages, sentences and questions as unit vectors, on the CPU, offline."""
 
 from __future__ import annotations
 

@@ -332,13 +332,13 @@ class _SectionBuilder:
 
 def _split_at_breaks(element: lxml.html.HtmlElement) -> list[str]:
     """The text of an element cut at each ``<br>``."""
-    parts = [""]
-    for node in element.iter():
-        if node is not element and node.tag == "br":
+    parts = [element.text or ""]
+    for node in element.iterdescendants():
+        if node.tag == "br":
             parts.append("")
-        if (node is not element and node.tag != "br" and node.text) or (node is element and node.text):
+        elif node.text and isinstance(node.tag, str):
             parts[-1] += node.text
-        if node is not element and node.tail:
+        if node.tail:
             parts[-1] += node.tail
     return parts
 

@@ -1,4 +1,4 @@
-"""Retrieval: dense (FAISS) and lexical (BM25) search fused by reciprocal rank, without near-duplicates."""
+"""Retrieval: dense (FAISS) and BM25 search fused by reciprocal rank, minus near-duplicates."""
 
 from __future__ import annotations
 
