@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import faiss
 import numpy as np
 
 from rag.chunking import Passage
+from rag.errors import InputError
 from rag.index import Index
 from rag.tokens import tokenize
 
@@ -120,3 +122,44 @@ def _repeats(index: Index, position: int, hits: list[Hit]) -> bool:
         return False
     chosen = index.passage_vectors[[h.position for h in hits]]
     return bool((chosen @ index.passage_vectors[position]).max() >= DUPLICATE_COSINE)
+
+
+def passage_filter(
+    index: Index,
+    *,
+    articles: list[str] | tuple[str, ...] = (),
+    published_after: date | None = None,
+    published_before: date | None = None,
+) -> np.ndarray | None:
+    """A mask of the passages a filtered question may use, or ``None`` for no filter.
+
+    ``articles`` holds article URLs or slugs; an unknown one raises
+    `InputError` naming it. Dates bound the article's publication day, inclusive.
+    """
+    if not articles and published_after is None and published_before is None:
+        return None
+    known = {a.url: a.url for a in index.articles} | {a.slug: a.url for a in index.articles}
+    wanted: set[str] = set()
+    for reference in articles:
+        url = known.get(reference.strip()) or known.get(reference.strip().rstrip("/") + "/")
+        if url is None:
+            raise InputError(
+                f"articles: no indexed article has the URL or slug {reference!r}; "
+                "see /api/articles or `rag list`"
+            )
+        wanted.add(url)
+    mask = np.ones(len(index.passages), dtype=bool)
+    for position, passage in enumerate(index.passages):
+        if wanted and passage.article_url not in wanted:
+            mask[position] = False
+            continue
+        if published_after is None and published_before is None:
+            continue
+        day = date.fromisoformat(passage.published[:10]) if passage.published else None
+        if (
+            day is None
+            or (published_after and day < published_after)
+            or (published_before and day > published_before)
+        ):
+            mask[position] = False
+    return mask

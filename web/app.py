@@ -2,35 +2,79 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.staticfiles import StaticFiles
 
 from rag.embedding import Embedder
 from rag.errors import RagError
-from rag.index import Index, load_index
+from rag.index import Index, load_index, read_manifest
 from rag.settings import Settings
+
+log = logging.getLogger("rag.web")
+WEB_DIR = Path(__file__).parent
 
 
 class Engine:
-    """The loaded model and index shared by all requests, or why there is none."""
+    """The model and the current index shared by all requests, or why there is no index.
+
+    A rebuilt index is noticed by `watch` (the index link or its manifest
+    changed), loaded beside the current one and swapped in with one assignment:
+    requests in flight keep the index they started with, and a new index that
+    fails to load never replaces a good one.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.embedder: Embedder | None = None
         self.index: Index | None = None
-        self.error: str | None = None
+        self.error: str | None = "the index is loading"
+        self._seen: tuple[str, str] | None = None
 
-    def load(self) -> None:
+    def _signature(self) -> tuple[str, str] | None:
+        try:
+            manifest = read_manifest(self.settings.index_dir)
+        except RagError:
+            return None
+        return str(self.settings.index_dir.resolve()), str(manifest.get("built_at"))
+
+    def load(self) -> bool:
+        """Load (or reload) the index; returns whether a new one was swapped in."""
+        signature = self._signature()
+        if signature is not None and signature == self._seen and self.index is not None:
+            return False
         try:
             self.embedder = self.embedder or Embedder(self.settings.model)
-            self.index = load_index(self.settings, self.embedder)
-            self.error = None
+            index = load_index(self.settings, self.embedder)
         except RagError as exc:
-            self.error = str(exc)
+            self._seen = signature
+            if self.index is None:
+                self.error = str(exc)
+            log.error("index not loaded: %s", exc)
+            return False
+        self.index, self.error, self._seen = index, None, signature
+        log.info("index loaded from %s (%s)", index.path, index.built_at)
+        return True
+
+    def current(self) -> tuple[Index, Embedder]:
+        """The index and model to answer with; 503 while there is no usable index."""
+        index, embedder = self.index, self.embedder
+        if index is None or embedder is None:
+            raise HTTPException(status_code=503, detail=self.error or "no index loaded")
+        return index, embedder
+
+    async def watch(self) -> None:
+        """Poll for a rebuilt index and swap it in without a restart."""
+        while True:
+            await asyncio.sleep(self.settings.reload_check_seconds)
+            if self._signature() != self._seen:
+                await asyncio.to_thread(self.load)
 
 
 def get_engine(request: Request) -> Engine:
@@ -41,30 +85,31 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
 def create_app(settings: Settings) -> FastAPI:
+    """The chat page and JSON API over the index named in ``settings``."""
+    from web import api, limits, pages
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
-        engine.load()
+        await asyncio.to_thread(engine.load)
         app.state.engine = engine
+        watcher = asyncio.create_task(engine.watch())
         yield
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
 
-    app = FastAPI(title="AI career answers", lifespan=lifespan)
-
-    @app.get("/api/health")
-    def health(engine: EngineDep) -> JSONResponse:
-        if engine.index is None:
-            return JSONResponse({"status": "unavailable", "reason": engine.error}, status_code=503)
-        counts = engine.index.manifest["counts"]
-        return JSONResponse(
-            {
-                "status": "ok",
-                "articles": counts["articles"],
-                "passages": counts["passages"],
-                "model": engine.index.model,
-                "index_built_at": engine.index.built_at,
-            }
-        )
-
+    app = FastAPI(
+        title="AI career answers",
+        description="Answers about AI careers quoted word for word from the articles, cited.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    limits.install(app, settings)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     return app
 
 
