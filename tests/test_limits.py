@@ -1,0 +1,160 @@
+"""The limiting middleware on its own, around a small app whose answering route is slow on cue."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+
+from rag.settings import Settings
+from web import limits
+
+ANSWER_SECONDS = 0.3
+
+
+def make_app(**changes: object) -> FastAPI:
+    """An app with the real limits and an answering route that takes ANSWER_SECONDS."""
+    app = FastAPI()
+    limits.install(app, Settings().with_(**changes))
+
+    @app.post("/api/answer")
+    async def answer(request: Request) -> dict:
+        body = await request.body()
+        await asyncio.sleep(ANSWER_SECONDS)
+        return {"received": len(body)}
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+async def post_all(app: FastAPI, count: int, **request: object) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1234))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await asyncio.gather(
+            *(client.post("/api/answer", **request) for _ in range(count))  # type: ignore[arg-type]
+        )
+
+
+def statuses(responses: list[httpx.Response]) -> list[int]:
+    return sorted(r.status_code for r in responses)
+
+
+def test_a_body_over_the_limit_by_its_length_is_refused_with_413() -> None:
+    app = make_app(max_body_bytes=2048)
+    [response] = asyncio.run(post_all(app, 1, content=b"x" * 2049))
+    assert response.status_code == 413, response.text
+    assert response.json() == {"detail": "the request body is larger than 2048 bytes"}
+
+
+def test_a_body_at_the_limit_is_accepted() -> None:
+    app = make_app(max_body_bytes=2048)
+    [response] = asyncio.run(post_all(app, 1, content=b"x" * 2048))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": 2048}
+
+
+def test_a_streamed_body_is_cut_off_as_soon_as_it_passes_the_limit() -> None:
+    sent: list[int] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for n in range(100):  # 100 KB in all, with no Content-Length
+            sent.append(n)
+            yield b"x" * 1024
+
+    app = make_app(max_body_bytes=4096)
+    [response] = asyncio.run(post_all(app, 1, content=chunks()))
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == "the request body is larger than 4096 bytes"
+    assert len(sent) <= 6, "the body was read well past the limit"
+
+
+def test_an_unreadable_content_length_is_refused() -> None:
+    app = make_app()
+    [response] = asyncio.run(post_all(app, 1, content=b"{}", headers={"content-length": "-1"}))
+    assert response.status_code == 413, response.text
+
+
+def test_the_queue_refuses_at_once_when_slots_and_queue_are_full() -> None:
+    app = make_app(max_concurrency=1, max_queue=1, queue_timeout_seconds=5)
+    responses = asyncio.run(post_all(app, 3, content=b"{}"))
+    assert statuses(responses) == [200, 200, 503]
+    [busy] = [r for r in responses if r.status_code == 503]
+    assert busy.json() == {"detail": "the server is busy; try again shortly"}
+    assert busy.headers["retry-after"] == "5"
+
+
+def test_a_request_waiting_longer_than_the_queue_timeout_is_refused() -> None:
+    app = make_app(max_concurrency=1, max_queue=4, queue_timeout_seconds=0.05)
+    responses = asyncio.run(post_all(app, 2, content=b"{}"))
+    assert statuses(responses) == [200, 503]
+    assert [r.headers["retry-after"] for r in responses if r.status_code == 503] == ["1"]
+
+
+def test_the_queue_lets_through_as_many_as_it_holds() -> None:
+    app = make_app(max_concurrency=2, max_queue=2, queue_timeout_seconds=5)
+    assert statuses(asyncio.run(post_all(app, 4, content=b"{}"))) == [200] * 4
+
+
+def test_other_routes_are_not_queued() -> None:
+    async def health_during_answers(app: FastAPI) -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answering = asyncio.create_task(client.post("/api/answer", content=b"{}"))
+            await asyncio.sleep(0.05)
+            health = await client.get("/api/health")
+            return [health.status_code, (await answering).status_code]
+
+    app = make_app(max_concurrency=1, max_queue=0)
+    assert asyncio.run(health_during_answers(app)) == [200, 200]
+
+
+def test_the_rate_limit_refuses_with_429_and_retry_after() -> None:
+    app = make_app(rate_limit_per_minute=3)
+    responses = asyncio.run(post_all(app, 5, content=b"{}"))
+    assert statuses(responses) == [200, 200, 200, 429, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["detail"].startswith("more than 3 questions a minute; try again in")
+    assert 1 <= int(refused.headers["retry-after"]) <= 20
+
+
+def test_the_rate_limit_is_off_by_default() -> None:
+    app = make_app(max_concurrency=20)
+    assert statuses(asyncio.run(post_all(app, 20, content=b"{}"))) == [200] * 20
+
+
+def test_the_rate_limit_counts_each_client_address_apart() -> None:
+    async def from_two_addresses(app: FastAPI) -> list[int]:
+        codes = []
+        for address in ("10.0.0.1", "10.0.0.2", "10.0.0.1"):
+            transport = httpx.ASGITransport(app=app, client=(address, 1234))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                codes.append((await client.post("/api/answer", content=b"{}")).status_code)
+        return codes
+
+    assert asyncio.run(from_two_addresses(make_app(rate_limit_per_minute=1))) == [200, 200, 429]
+
+
+@pytest.mark.parametrize(
+    ("origins", "expected"), [((), None), (("https://careers.example",), "https://careers.example")]
+)
+def test_cors_headers_only_when_origins_are_configured(
+    origins: tuple[str, ...], expected: str | None
+) -> None:
+    async def preflight_and_get(app: FastAPI) -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            origin = {"origin": "https://careers.example"}
+            preflight = await client.options(
+                "/api/answer", headers={**origin, "access-control-request-method": "POST"}
+            )
+            return preflight, await client.get("/api/health", headers=origin)
+
+    preflight, response = asyncio.run(preflight_and_get(make_app(cors_origins=origins)))
+    assert response.headers.get("access-control-allow-origin") == expected
+    assert preflight.headers.get("access-control-allow-origin") == expected
