@@ -1,0 +1,389 @@
+"""Feedback: readers' verdicts on answers, kept in SQLite, exported and summed up per article."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TextIO
+
+from rag.errors import InputError, RagError
+from rag.settings import Settings
+
+MAX_QUESTION_CHARS = 1000  # the longest question `answer_question` accepts
+MAX_ANSWER_CHARS = 20_000
+MAX_COMMENT_CHARS = 2000
+MAX_PASSAGES = 50
+MAX_FIELD_CHARS = 500  # a passage id, an article title or a section path
+UNKNOWN = "(unknown)"  # article or section of feedback stored before they were recorded
+EXPORT_FORMATS = ("csv", "jsonl")
+
+# Forward migrations: step i takes the database from version i to i + 1. Steps are never
+# edited once released; a change of schema is a new step at the end.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        helpful INTEGER NOT NULL CHECK (helpful IN (0, 1)),
+        comment TEXT NOT NULL DEFAULT '',
+        passage_ids TEXT NOT NULL DEFAULT '[]'
+    );
+    """,
+    """
+    CREATE TABLE feedback_passage (
+        feedback_id INTEGER NOT NULL REFERENCES feedback (id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        passage_id TEXT NOT NULL,
+        article TEXT,
+        section TEXT,
+        PRIMARY KEY (feedback_id, position)
+    );
+    CREATE INDEX feedback_passage_article ON feedback_passage (article, section);
+    INSERT INTO feedback_passage (feedback_id, position, passage_id)
+        SELECT feedback.id, CAST(cited.key AS INTEGER), cited.value
+        FROM feedback, json_each(feedback.passage_ids) AS cited;
+    ALTER TABLE feedback ADD COLUMN api_key TEXT;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class _ThreadConnections(threading.local):
+    """This thread's open connections, by database path."""
+
+    def __init__(self) -> None:
+        self.by_path: dict[Path, tuple[sqlite3.Connection, tuple[int, int]]] = {}
+
+
+_open = _ThreadConnections()
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A reader's verdict on one answer.
+
+    ``articles`` and ``sections``, when given, name the article title and
+    section path of each cited passage, in the order of ``passage_ids``; the
+    web layer takes them from the index rather than from the request.
+    ``api_key`` is the name of the key that sent the feedback, if any.
+    """
+
+    question: str
+    answer: str
+    passage_ids: tuple[str, ...]
+    helpful: bool
+    comment: str = ""
+    articles: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("passage_ids", "articles", "sections"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "question", self.question.strip())
+        object.__setattr__(self, "comment", self.comment.strip())
+        if not isinstance(self.helpful, bool):
+            raise InputError("helpful must be true or false")
+        if not self.question:
+            raise InputError("the question is empty")
+        if len(self.question) > MAX_QUESTION_CHARS:
+            raise InputError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+        if not self.answer.strip():
+            raise InputError("the answer is empty")
+        if len(self.answer) > MAX_ANSWER_CHARS:
+            raise InputError(f"the answer is longer than {MAX_ANSWER_CHARS} characters")
+        if len(self.comment) > MAX_COMMENT_CHARS:
+            raise InputError(
+                f"the comment is {len(self.comment)} characters long; "
+                f"at most {MAX_COMMENT_CHARS} are accepted"
+            )
+        if len(self.passage_ids) > MAX_PASSAGES:
+            raise InputError(f"at most {MAX_PASSAGES} passage ids are accepted")
+        for name in ("articles", "sections"):
+            values = getattr(self, name)
+            if values and len(values) != len(self.passage_ids):
+                raise InputError(
+                    f"{name} must name one entry per passage id "
+                    f"({len(values)} for {len(self.passage_ids)} passages)"
+                )
+        for value in (*self.passage_ids, *self.articles, *self.sections):
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS:
+                raise InputError(
+                    f"passage ids, articles and sections must be non-empty text "
+                    f"of at most {MAX_FIELD_CHARS} characters"
+                )
+
+
+@dataclass(frozen=True)
+class HelpfulRate:
+    """How often answers citing an article (or one of its sections) were found helpful."""
+
+    article: str
+    section: str | None  # None: the whole article
+    votes: int
+    helpful: int
+
+    @property
+    def rate(self) -> float:
+        return self.helpful / self.votes if self.votes else 0.0
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    """Totals, then helpful rates by article and by section, worst first."""
+
+    votes: int
+    helpful: int
+    by_article: tuple[HelpfulRate, ...]
+    by_section: tuple[HelpfulRate, ...]
+
+
+def record_feedback(settings: Settings, feedback: Feedback) -> int:
+    """Store one feedback and return its id; it is committed when this returns.
+
+    Safe to call from many threads and processes at once: a writer waits for
+    another one (up to 30 s) instead of failing.
+    """
+    with _transaction(settings, write=True) as db:
+        feedback_id = db.execute(
+            "INSERT INTO feedback (created_at, question, answer, helpful, comment, "
+            "passage_ids, api_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                datetime.now(UTC).isoformat(timespec="seconds"),
+                feedback.question,
+                feedback.answer,
+                int(feedback.helpful),
+                feedback.comment,
+                json.dumps(feedback.passage_ids),
+                feedback.api_key,
+            ),
+        ).lastrowid
+        db.executemany(
+            "INSERT INTO feedback_passage VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    feedback_id,
+                    n,
+                    passage_id,
+                    feedback.articles[n] if feedback.articles else None,
+                    feedback.sections[n] if feedback.sections else None,
+                )
+                for n, passage_id in enumerate(feedback.passage_ids)
+            ],
+        )
+    return int(feedback_id)
+
+
+def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: TextIO) -> int:
+    """Write every feedback, oldest first, as CSV or JSON lines; return how many.
+
+    In CSV, lists are joined with `` | `` and text that a spreadsheet would
+    run as a formula (starting with ``=``, ``+``, ``-`` or ``@``) gets a
+    leading ``'``: comments come from the public.
+    """
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)} (got {format!r})")
+    rows = _rows(settings)
+    if format == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return len(rows)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [_spreadsheet_safe(" | ".join(v) if isinstance(v, list) else v) for v in row.values()]
+        )
+    return len(rows)
+
+
+def feedback_stats(settings: Settings) -> FeedbackStats:
+    """Helpful rates by article and by section, worst first (then most voted)."""
+    if not settings.feedback_db.exists():
+        return FeedbackStats(0, 0, (), ())
+    with _transaction(settings) as db:
+        votes, helpful = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(helpful), 0) FROM feedback"
+        ).fetchone()
+        # A feedback citing three passages of one section is one vote for that section.
+        cited = (
+            "SELECT DISTINCT feedback_id, COALESCE(article, ?) AS article, {section} AS section "
+            "FROM feedback_passage"
+        )
+        order = "ORDER BY 1.0 * SUM(helpful) / COUNT(*), COUNT(*) DESC, article, section"
+        by_article = db.execute(
+            f"SELECT article, NULL, COUNT(*), SUM(helpful) FROM "
+            f"({cited.format(section='NULL')}) JOIN feedback ON feedback.id = feedback_id "
+            f"GROUP BY article {order}",
+            (UNKNOWN,),
+        ).fetchall()
+        by_section = db.execute(
+            f"SELECT article, section, COUNT(*), SUM(helpful) FROM "
+            f"({cited.format(section='COALESCE(section, ?)')}) "
+            f"JOIN feedback ON feedback.id = feedback_id GROUP BY article, section {order}",
+            (UNKNOWN, UNKNOWN),
+        ).fetchall()
+    return FeedbackStats(
+        votes,
+        helpful,
+        tuple(HelpfulRate(*row) for row in by_article),
+        tuple(HelpfulRate(*row) for row in by_section),
+    )
+
+
+_COLUMNS = (
+    "id",
+    "created_at",
+    "helpful",
+    "question",
+    "answer",
+    "comment",
+    "passage_ids",
+    "articles",
+    "sections",
+    "api_key",
+)
+
+
+def _rows(settings: Settings) -> list[dict]:
+    if not settings.feedback_db.exists():
+        return []
+    with _transaction(settings) as db:  # one snapshot: a feedback written meanwhile is whole
+        cited: dict[int, list[tuple[str, str | None, str | None]]] = {}
+        for feedback_id, passage_id, article, section in db.execute(
+            "SELECT feedback_id, passage_id, article, section FROM feedback_passage "
+            "ORDER BY feedback_id, position"
+        ):
+            cited.setdefault(feedback_id, []).append((passage_id, article, section))
+        feedback = db.execute(
+            "SELECT id, created_at, helpful, question, answer, comment, api_key "
+            "FROM feedback ORDER BY id"
+        ).fetchall()
+    rows = []
+    for feedback_id, created_at, helpful, question, answer, comment, api_key in feedback:
+        passages = cited.get(feedback_id, [])
+        values = (
+            feedback_id,
+            created_at,
+            bool(helpful),
+            question,
+            answer,
+            comment,
+            [p for p, _, _ in passages],
+            [a or UNKNOWN for _, a, _ in passages],
+            [s or UNKNOWN for _, _, s in passages],
+            api_key,
+        )
+        rows.append(dict(zip(_COLUMNS, values, strict=True)))
+    return rows
+
+
+def _spreadsheet_safe(value: object) -> object:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+@contextmanager
+def _transaction(settings: Settings, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+    """A transaction on this thread's connection, committed when the block ends."""
+    db = _connection(settings)
+    try:
+        # IMMEDIATE takes the write lock up front, so a busy database is waited for
+        # rather than failing when a read lock cannot be upgraded.
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise RagError(f"the feedback database {settings.feedback_db} failed: {exc}") from None
+
+
+def _connection(settings: Settings) -> sqlite3.Connection:
+    """This thread's connection to the feedback database, created and migrated when needed.
+
+    Connections are kept per thread: closing the last connection to a WAL
+    database checkpoints it, which cost more than the write itself. A database
+    file replaced or deleted since is noticed by its inode and reopened.
+    """
+    path = settings.feedback_db
+    opened = _open.by_path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path in opened:
+            db, identity = opened[path]
+            if _identity(path) == identity:
+                return db
+            del opened[path]
+            db.close()
+        # isolation_level=None: transactions are begun explicitly, so BEGIN IMMEDIATE
+        # takes the write lock up front and a busy database is waited for, not failed.
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
+    except (OSError, sqlite3.Error) as exc:
+        raise RagError(f"cannot open the feedback database {path}: {exc}") from None
+    try:
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL survives a crash of the process; only a power cut can
+        # lose the last few feedbacks, which is worth the fsync saved on each one.
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        _migrate(db, path)
+        opened[path] = (db, _identity(path))
+    except BaseException as exc:
+        db.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise RagError(f"the feedback database {path} is unusable: {exc}") from None
+        raise
+    return db
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _migrate(db: sqlite3.Connection, path: object) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Read again under the write lock: another process may have migrated meanwhile.
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RagError(
+                f"the feedback database {path} has schema version {version} but this version "
+                f"of rag reads up to {SCHEMA_VERSION}; upgrade rag or use another data folder"
+            )
+        for step in _MIGRATIONS[version:]:
+            for statement in _statements(step):
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration step (``executescript`` would commit mid-transaction)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
