@@ -12,7 +12,7 @@ from rag.embedding import Embedder
 from rag.errors import InputError
 from rag.index import Index
 from rag.retrieval import Hit, Query, make_query, retrieve
-from rag.tokens import STOPWORDS, normalise, tokenize
+from rag.tokens import STOPWORDS, normalise, synonyms, tokenize
 
 MAX_QUESTION_CHARS = 1000
 MAX_ANSWER_SENTENCES = 3
@@ -24,6 +24,9 @@ DECLINED = "The articles don't cover this question. The closest passages are lis
 LEXICAL_WEIGHT = 0.35
 RANK_WEIGHT = 0.08
 TYPE_BONUS = 0.08
+# A quoted sentence shorter than this (in words), or ending with a colon, is continued
+# with the sentences after it in its passage.
+_COMPLETE_WORDS = 12
 # Sentences within this margin of the best one join the answer (up to three).
 JOIN_MARGIN = 0.1
 # Abstention. A question is declined when its best sentence scores below
@@ -32,7 +35,7 @@ JOIN_MARGIN = 0.1
 # above 0.75 and those of off-topic questions below 0.6; the threshold is set
 # at the point that keeps false abstains under 10% with a margin, not at the
 # value that fits the sample best.
-ABSTAIN_BELOW = 0.62
+ABSTAIN_BELOW = 0.45
 
 _NUMBER_QUESTION = re.compile(
     r"\b(how (much|many|long|often)|salar(y|ies)|earn|pay|paid|percent|percentage|rate|"
@@ -150,7 +153,8 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
         for i in range(count):
             row = first + i
             words = index.sentence_tokens[row] | heading
-            lexical = sum(w for t, w in weights.items() if t in words) / total
+            lexical = sum(w for t, w in weights.items() if not synonyms(t).isdisjoint(words))
+            lexical /= total
             score = float(cosines[i]) + LEXICAL_WEIGHT * lexical + RANK_WEIGHT / (1 + hit.rank)
             text = hit.passage.text[slice(*hit.passage.sentences[i])]
             if wants_figure:
@@ -162,14 +166,39 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
             scored.append(_Scored(hit, i, row, score))
     scored.sort(key=lambda s: -s.score)
     best = scored[0]
-    chosen = [best]
+    chosen = _with_continuation(index, best)
     for candidate in scored[1:]:
-        if len(chosen) == MAX_ANSWER_SENTENCES or candidate.score < best.score - JOIN_MARGIN:
+        if len(chosen) >= MAX_ANSWER_SENTENCES or candidate.score < best.score - JOIN_MARGIN:
             break
         vectors = index.sentence_vectors[[c.row for c in chosen]]
         if (vectors @ index.sentence_vectors[candidate.row]).max() > 0.9:
             continue  # the same sentence again, from an overlapping or repeated passage
-        chosen.append(candidate)
+        chosen.extend(_with_continuation(index, candidate)[: MAX_ANSWER_SENTENCES - len(chosen)])
+    return chosen
+
+
+def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
+    """A sentence, followed by what completes it when it only introduces an answer.
+
+    Labels ("Sustainable AI:"), list headers and short headings match a question
+    well but answer nothing alone; the answer is in the lines after them.
+    """
+    chosen = [lead]
+    passage = lead.hit.passage
+    words = len(passage.text[slice(*passage.sentences[lead.sentence])].split())
+    following = lead.sentence + 1
+    while (
+        following < len(passage.sentences)
+        and len(chosen) < MAX_ANSWER_SENTENCES
+        and (
+            words < _COMPLETE_WORDS or passage.text[passage.sentences[following - 1][1] - 1] == ":"
+        )
+    ):
+        chosen.append(
+            _Scored(lead.hit, following, lead.row + following - lead.sentence, lead.score)
+        )
+        words += len(passage.text[slice(*passage.sentences[following])].split())
+        following += 1
     return chosen
 
 

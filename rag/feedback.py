@@ -61,7 +61,7 @@ class _ThreadConnections(threading.local):
     """This thread's open connections, by database path."""
 
     def __init__(self) -> None:
-        self.by_path: dict[Path, tuple[sqlite3.Connection, tuple[int, int]]] = {}
+        self.by_path: dict[Path, tuple[sqlite3.Connection, tuple[int, int] | None]] = {}
 
 
 _open = _ThreadConnections()
@@ -350,8 +350,11 @@ def _connection(settings: Settings) -> sqlite3.Connection:
     return db
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
     return stat.st_dev, stat.st_ino
 
 

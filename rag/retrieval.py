@@ -11,7 +11,7 @@ import numpy as np
 from rag.chunking import Passage
 from rag.errors import InputError
 from rag.index import Index
-from rag.tokens import tokenize
+from rag.tokens import expand, tokenize
 
 MODES = ("hybrid", "dense", "bm25")
 RRF_K = 60  # the constant of Cormack et al.; damps the weight of the very first ranks
@@ -26,6 +26,7 @@ class Query:
     text: str
     tokens: tuple[str, ...]
     vector: np.ndarray
+    synonyms: tuple[str, ...] = ()  # extra stems searched by BM25, see `rag.tokens.expand`
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Hit:
 
 def make_query(text: str, vector: np.ndarray, *, emphasis: str = "") -> Query:
     """A query; tokens of ``emphasis`` (a follow-up's own words) count twice for BM25."""
-    return Query(text, (*tokenize(text), *tokenize(emphasis)), vector)
+    tokens = (*tokenize(text), *tokenize(emphasis))
+    return Query(text, tokens, vector, tuple(expand(tokens)))
 
 
 def retrieve(
@@ -75,7 +77,7 @@ def retrieve(
         best_sentence = np.maximum.reduceat(index.sentence_vectors @ query.vector, starts)
         lists.append(_top(best_sentence, depth, allowed))
     if mode in ("hybrid", "bm25") and query.tokens:
-        tokens = list(query.tokens)
+        tokens = [*query.tokens, *query.synonyms]
         lists.append(_top(index.bm25.get_scores(tokens), depth, allowed, positive=True))
         sentence_scores = index.sentence_bm25.get_scores(tokens)
         lists.append(_top(np.maximum.reduceat(sentence_scores, starts), depth, allowed, True))

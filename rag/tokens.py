@@ -47,3 +47,44 @@ def tokenize(text: str) -> list[str]:
     words = [t.replace(",", "") if t[0].isdigit() else t for t in found]
     words = [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
     return _stemmer().stemWords(words)
+
+
+# Words people use for the same career notions as the articles, by stem. A question
+# about what engineers "earn annually" must reach a table of "salary ... dollars/year".
+_SYNONYM_GROUPS = (
+    "earn salary pay paid compensation wage income",
+    "annually annual yearly year",
+    "job role position opening vacancy",
+    "hire hiring recruit recruiting recruitment",
+    "certification certificate credential",
+    "skill competency competence",
+    "company employer organization firm enterprise corporation business",
+    "deploy deployment rollout roll",
+    "exam test",
+    "remote online home",
+    "require need",
+    "grow growth increase rise",
+    "demand need",
+)
+
+
+@cache
+def _synonyms() -> dict[str, frozenset[str]]:
+    table: dict[str, set[str]] = {}
+    for group in _SYNONYM_GROUPS:
+        stems = set(_stemmer().stemWords(group.split()))
+        for stem in stems:
+            table.setdefault(stem, set()).update(stems)
+    return {stem: frozenset(group) for stem, group in table.items()}
+
+
+def synonyms(token: str) -> frozenset[str]:
+    """The stems that mean the same as ``token`` here, itself included."""
+    return _synonyms().get(token, frozenset((token,)))
+
+
+def expand(tokens: list[str] | tuple[str, ...]) -> list[str]:
+    """Synonym stems of the tokens that are not already among them, for searching."""
+    present = set(tokens)
+    extra = {s for t in tokens for s in synonyms(t)} - present
+    return sorted(extra)
