@@ -324,7 +324,7 @@ def _connection(settings: Settings) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path in opened:
             db, identity = opened[path]
-            if _identity(path) == identity:
+            if identity is not None and _identity(path) == identity:
                 return db
             del opened[path]
             db.close()
