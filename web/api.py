@@ -2,16 +2,231 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from web.app import EngineDep
+from rag.answering import MAX_QUESTION_CHARS, Answer, answer_question
+from rag.errors import InputError
+from rag.retrieval import passage_filter
+from web.app import Engine, EngineDep
 
-router = APIRouter(prefix="/api")
+log = logging.getLogger("rag.web")
+
+MAX_HISTORY = 10
+
+Question = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)
+]
+EarlierQuestion = Annotated[str, StringConstraints(max_length=MAX_QUESTION_CHARS)]
 
 
-@router.get("/health")
+class AnswerRequest(BaseModel):
+    """A question, with the conversation's earlier questions and optional source filters."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"question": "What skills does an MLOps engineer need?", "top_k": 5}]
+        },
+    )
+
+    question: Question = Field(description="The question, 1 to 1,000 characters once trimmed.")
+    top_k: Annotated[int, Field(ge=1, le=20, strict=True)] = Field(
+        5, description="How many passages to retrieve and cite."
+    )
+    history: list[EarlierQuestion] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description="Earlier questions of the conversation, oldest first (for follow-ups).",
+    )
+    articles: list[str] = Field(
+        default_factory=list, max_length=50, description="Only cite these articles (URLs or slugs)."
+    )
+    published_after: date | None = Field(None, description="Only articles published on or after.")
+    published_before: date | None = Field(None, description="Only articles published on or before.")
+
+
+class CitationOut(BaseModel):
+    n: int = Field(description="The number the answer cites it by, from 1.")
+    passage_id: str
+    article: str = Field(description="The article's title.")
+    section: str = Field(description="The section path inside the article.")
+    url: str = Field(description="Link to the section in the source article.")
+    text: str = Field(description="The whole passage.")
+    score: float
+    highlights: list[tuple[int, int]] = Field(
+        description="[start, end) character offsets in `text` of the sentences quoted."
+    )
+
+
+class AnswerOut(BaseModel):
+    question: str
+    answered: bool = Field(description="False when the articles don't cover the question.")
+    answer: str = Field(description="Quoted sentences with [n] markers, or why it was declined.")
+    citations: list[CitationOut]
+    took_ms: float
+
+
+class ArticleOut(BaseModel):
+    title: str
+    url: str
+    slug: str
+    published: date | None
+    sections: int
+    passages: int
+
+
+class Health(BaseModel):
+    status: str
+    articles: int
+    passages: int
+    model: str
+    index_built_at: str
+
+
+class Unavailable(BaseModel):
+    status: str
+    reason: str | None
+
+
+class Problem(BaseModel):
+    """Why a request failed; `errors` names each invalid field when there are several."""
+
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+def ask(engine: Engine, request: AnswerRequest) -> Answer:
+    """Answer ``request`` with the current index: the one function the API and the page share."""
+    index, embedder = engine.current()
+    allowed = passage_filter(
+        index,
+        articles=request.articles,
+        published_after=request.published_after,
+        published_before=request.published_before,
+    )
+    return answer_question(
+        index,
+        embedder,
+        request.question,
+        top_k=request.top_k,
+        history=request.history,
+        allowed=allowed,
+    )
+
+
+def describe(errors: list[Any]) -> list[dict[str, str]]:
+    """Pydantic/FastAPI validation errors as ``{"field", "message"}`` a person can read."""
+    described = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        field = ".".join(loc)
+        message = str(error.get("msg", "is not valid"))
+        if error.get("type") == "json_invalid":
+            field, message = "body", f"is not valid JSON ({error.get('ctx', {}).get('error')})"
+        elif error.get("type") == "string_too_short" and field == "question":
+            message = "is empty; type a question about AI careers"
+        elif error.get("type") == "extra_forbidden":
+            message = "is not a known field"
+        elif not field:
+            field, message = "body", 'must be a JSON object like {"question": "..."}'
+        described.append({"field": field, "message": message})
+    return described
+
+
+def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = describe(list(exc.errors()))
+    content_type = request.headers.get("content-type", "")
+    if errors[0]["field"] == "body" and content_type and "json" not in content_type:
+        detail = f"send the request as JSON (Content-Type: application/json), not {content_type}"
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=415)
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    status = 400 if errors[0]["field"] == "body" else 422
+    return JSONResponse({"detail": detail, "errors": errors}, status_code=status)
+
+
+def input_rejected(request: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Any], JSONResponse]] = {
+    RequestValidationError: validation_failed,
+    InputError: input_rejected,
+    Exception: unexpected,
+}
+
+
+class JSONErrorRoute(APIRoute):
+    """Turns a route's errors into JSON bodies with the handlers above.
+
+    The handlers live with the routes they serve (not in `create_app`) so the
+    API's error format is defined in one module.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except HTTPException:
+                raise
+            except Exception as exc:
+                kind = next(k for k in EXCEPTION_HANDLERS if isinstance(exc, k))
+                return EXCEPTION_HANDLERS[kind](request, exc)
+
+        return route_handler
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Malformed JSON or an unacceptable question"},
+    415: {"model": Problem, "description": "The body is not JSON"},
+    422: {"model": Problem, "description": "A field is missing, of the wrong type or too long"},
+    503: {"model": Problem, "description": "No usable index is loaded yet"},
+}
+
+router = APIRouter(prefix="/api", route_class=JSONErrorRoute, tags=["api"])
+
+
+@router.post("/answer", response_model=AnswerOut, responses=ERRORS)
+def answer(request: AnswerRequest, engine: EngineDep) -> dict:
+    """Answer a question with quoted, cited sentences from the articles, or decline."""
+    return ask(engine, request).to_dict()
+
+
+@router.get("/articles", response_model=list[ArticleOut], responses={503: ERRORS[503]})
+def articles(engine: EngineDep) -> list[dict]:
+    """The indexed articles, with their publication day and size."""
+    index, _ = engine.current()
+    return [
+        {
+            "title": a.title,
+            "url": a.url,
+            "slug": a.slug,
+            "published": a.published[:10] if a.published else None,
+            "sections": a.sections,
+            "passages": a.passages,
+        }
+        for a in index.articles
+    ]
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Unavailable}})
 def health(engine: EngineDep) -> JSONResponse:
+    """Whether an index is loaded, and what it holds."""
     if engine.index is None:
         return JSONResponse({"status": "unavailable", "reason": engine.error}, status_code=503)
     counts = engine.index.manifest["counts"]

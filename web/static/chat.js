@@ -1,0 +1,184 @@
+// The chat in place: asks /api/answer and builds the same markup as templates/chat.html.
+// All user and article text goes in through text nodes (append/textContent), never as HTML.
+"use strict";
+
+(() => {
+  const MAX_HISTORY = 10;
+  const form = document.getElementById("ask");
+  const box = document.getElementById("question");
+  const send = form.querySelector(".send");
+  const transcript = document.getElementById("transcript");
+  const loading = document.getElementById("loading");
+  const formError = document.getElementById("form-error");
+  // Earlier questions of this conversation (the page may come from a form post).
+  const history = Array.from(form.querySelectorAll('input[name="history"]'), (input) => input.value);
+  let busy = false;
+
+  function el(tag, attributes = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+    node.append(...children); // strings become text nodes
+    return node;
+  }
+
+  // Highlight offsets count code points (Python), not UTF-16 units: slice by code point.
+  function marked(citation) {
+    const chars = Array.from(citation.text);
+    const pieces = [];
+    let cursor = 0;
+    for (const [start, end] of citation.highlights) {
+      if (start > cursor) pieces.push(chars.slice(cursor, start).join(""));
+      pieces.push(el("mark", {}, chars.slice(start, end).join("")));
+      cursor = end;
+    }
+    if (cursor < chars.length) pieces.push(chars.slice(cursor).join(""));
+    return pieces;
+  }
+
+  function passage(citation) {
+    const link = el(
+      "a",
+      { class: "passage-link", href: citation.url, target: "_blank", rel: "noopener" },
+      `${citation.article} › ${citation.section} `,
+      el("span", { "aria-hidden": "true" }, "↗"),
+    );
+    return el("div", { class: "passage" }, el("p", { class: "passage-text" }, ...marked(citation)), link);
+  }
+
+  function chip(citation) {
+    const label = `Source ${citation.n}: ${citation.article}, ${citation.section}`;
+    const summary = el("summary", { class: "chip", "aria-label": label }, String(citation.n));
+    return el("details", { class: "cite" }, summary, passage(citation));
+  }
+
+  function quotes(answer) {
+    const list = el("div", { class: "quotes" });
+    for (const citation of answer.citations) {
+      const chars = Array.from(citation.text);
+      for (const [start, end] of citation.highlights) {
+        const sentence = el("span", { class: "sentence" }, chars.slice(start, end).join(""));
+        list.append(el("div", { class: "quote" }, sentence, " ", chip(citation)));
+      }
+    }
+    return list;
+  }
+
+  function sourceList(citations) {
+    const list = el("ol", { class: "sources" });
+    for (const citation of citations) {
+      const name = el(
+        "span",
+        { class: "source-name" },
+        el("span", { class: "source-article" }, citation.article),
+        " ",
+        el("span", { class: "source-section" }, citation.section),
+      );
+      const number = el("span", { class: "num", "aria-hidden": "true" }, String(citation.n));
+      const attributes = { class: "source", href: citation.url, target: "_blank", rel: "noopener" };
+      list.append(el("li", {}, el("a", attributes, number, name)));
+    }
+    return list;
+  }
+
+  function answerTurn(answer) {
+    const card = el(
+      "article",
+      { class: "bubble answer", "data-answered": String(answer.answered) },
+      el("h2", { class: "visually-hidden" }, "Answer"),
+    );
+    card.append(
+      answer.answered ? quotes(answer) : el("p", { class: "declined-text" }, answer.answer),
+    );
+    const used = answer.citations.filter((c) => c.highlights.length);
+    const related = answer.citations.filter((c) => !c.highlights.length);
+    if (used.length) card.append(el("h3", { class: "sources-title" }, "Sources"), sourceList(used));
+    if (related.length && answer.answered) {
+      const summary = el("summary", {}, `Related sections (${related.length})`);
+      card.append(el("details", { class: "related" }, summary, sourceList(related)));
+    } else if (related.length) {
+      card.append(el("h3", { class: "sources-title" }, "Closest sections"), sourceList(related));
+    }
+    card.append(el("p", { class: "meta" }, `${Math.round(answer.took_ms)} ms`));
+    const classes = answer.answered ? "turn turn-answer" : "turn turn-answer declined";
+    return el("li", { class: classes }, card);
+  }
+
+  function userTurn(question) {
+    const bubble = el(
+      "p",
+      { class: "bubble question" },
+      el("span", { class: "visually-hidden" }, "You asked: "),
+      question,
+    );
+    return el("li", { class: "turn turn-user" }, bubble);
+  }
+
+  function showError(message) {
+    formError.textContent = message;
+    formError.hidden = !message;
+  }
+
+  function setBusy(value) {
+    busy = value;
+    loading.hidden = !value;
+    send.disabled = value;
+    transcript.setAttribute("aria-busy", String(value));
+  }
+
+  async function ask(text) {
+    const question = text.trim();
+    if (busy) return;
+    if (!question) {
+      showError("Type a question first.");
+      box.focus();
+      return;
+    }
+    showError("");
+    document.getElementById("examples")?.remove();
+    const turn = userTurn(question);
+    transcript.append(turn);
+    box.value = "";
+    setBusy(true);
+    loading.scrollIntoView({ block: "nearest" });
+    try {
+      const response = await fetch("/api/answer", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ question, history: history.slice(-MAX_HISTORY) }),
+      });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) {
+        throw new Error(body.detail || `The server could not answer (HTTP ${response.status}).`);
+      }
+      const answerTurnNode = answerTurn(body);
+      transcript.append(answerTurnNode);
+      history.push(question);
+      answerTurnNode.scrollIntoView({ block: "nearest" });
+    } catch (error) {
+      turn.remove();
+      box.value = question;
+      const offline = error instanceof TypeError;
+      showError(offline ? "Could not reach the server. Check your connection and try again." : error.message);
+    } finally {
+      setBusy(false);
+      box.focus();
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    ask(box.value);
+  });
+
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+
+  document.querySelector(".example-list")?.addEventListener("submit", (event) => {
+    event.preventDefault();
+    ask(event.submitter?.value || "");
+  });
+})();
