@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -106,7 +107,7 @@ def answer_question(
     if len(question) > MAX_QUESTION_CHARS:
         raise InputError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
     search_text, emphasis = resolve_follow_up(question, history)
-    query = make_query(search_text, embedder.encode([search_text])[0], emphasis=emphasis)
+    query = make_query(search_text, embedder.encode_query(search_text), emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
     chosen = _choose_sentences(index, query, hits, question)
     unknown = _unknown_names(index, question)
@@ -139,7 +140,8 @@ def resolve_follow_up(question: str, history: tuple[str, ...] | list[str]) -> tu
 def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str) -> list[_Scored]:
     if not hits:
         return []
-    weights = {t: index.idf.get(t, max(index.idf.values(), default=1.0)) for t in query.tokens}
+    rare = math.log(1 + len(index.passages))  # the IDF of a token no passage holds
+    weights = {t: index.idf.get(t, rare) for t in query.tokens}
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
     wants_figure = bool(_NUMBER_QUESTION.search(lowered))

@@ -246,7 +246,9 @@ def _swap_in(index_dir: Path, build: Path) -> None:
 
 def _prune(root: Path, keep: Path) -> None:
     """Remove old builds (a running server has its index in memory) and leftovers of failed ones."""
-    builds = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    builds = sorted(
+        (p for p in root.glob("build-*") if p.is_dir()), key=lambda p: p.stat().st_mtime
+    )
     complete = [p for p in builds if (p / MANIFEST).exists()]
     for old in [p for p in builds if p not in complete] + complete[:-_KEEP_BUILDS]:
         if old != keep:

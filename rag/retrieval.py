@@ -165,3 +165,17 @@ def passage_filter(
         ):
             mask[position] = False
     return mask
+
+
+def use_one_thread() -> None:
+    """Run query-time BLAS and FAISS on one thread.
+
+    A question's arithmetic is small: on a shared 2-core machine, two BLAS
+    threads per request contend with other requests and spin, and a
+    matrix-vector product takes 15x longer than on one thread.
+    Concurrency comes from serving several requests at once instead.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    faiss.omp_set_num_threads(1)

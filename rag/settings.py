@@ -69,6 +69,11 @@ class Settings:
             raise SettingsError("rate_limit_per_minute must be 0 (off) or more")
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Where the ONNX copy of the model for fast question encoding is kept."""
+        return self.index_dir.with_name(self.index_dir.name + ".builds") / "models"
+
+    @property
     def feedback_db(self) -> Path:
         return self.data_dir / "feedback.sqlite3"
 

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from rag.embedding import Embedder
 from rag.errors import RagError
 from rag.index import Index, load_index, read_manifest
+from rag.retrieval import use_one_thread
 from rag.settings import Settings
 
 log = logging.getLogger("rag.web")
@@ -50,7 +51,9 @@ class Engine:
         if signature is not None and signature == self._seen and self.index is not None:
             return False
         try:
-            self.embedder = self.embedder or Embedder(self.settings.model)
+            self.embedder = self.embedder or Embedder(
+                self.settings.model, onnx_dir=self.settings.model_cache_dir
+            )
             index = load_index(self.settings, self.embedder)
         except RagError as exc:
             self._seen = signature
@@ -90,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        use_one_thread()
         engine = Engine(settings)
         await asyncio.to_thread(engine.load)
         app.state.engine = engine
