@@ -162,6 +162,183 @@ def serve_command(host: str, port: int, workers: int) -> None:
     )
 
 
+def _data_option(command: Any) -> Any:
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(path_type=Path),
+        help="Data folder: feedback and API keys (default: data).",
+    )(command)
+
+
+def _echo_rebuilt(settings: Settings, change: Any) -> None:
+    """Rebuild after a corpus change (undone if the build fails) and print the summary."""
+    from rag.corpus import rebuild_or_undo
+
+    try:
+        summary = rebuild_or_undo(settings, change)
+    except RagError as exc:
+        raise RagError(f"{exc}; the corpus was restored, nothing changed") from None
+    for article in change.removed:
+        click.echo(f"removed {article.title!r} ({article.slug}, from {article.source})")
+    for article in change.added:
+        click.echo(f"added {article.title!r} ({article.slug}, from {article.source})")
+    click.echo(
+        f"indexed {summary.articles} articles, {summary.passages} passages "
+        f"({summary.embedded} new texts embedded) in {summary.seconds:.1f} s -> "
+        f"{settings.index_dir}"
+    )
+
+
+@cli.command("add")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_options
+@_fail_cleanly
+def add_command(paths: tuple[Path, ...], corpus_dir: Path | None, index_dir: Path | None) -> None:
+    """Add feeds, HTML pages or Markdown files to the corpus and rebuild the index.
+
+    A file that does not read, or brings an article already in the corpus,
+    changes nothing; nor does a failed rebuild.
+    """
+    from rag.corpus import add_to_corpus
+
+    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
+    _echo_rebuilt(settings, add_to_corpus(settings, list(paths)))
+
+
+@cli.command("remove")
+@click.argument("article")
+@_index_options
+@_fail_cleanly
+def remove_command(article: str, corpus_dir: Path | None, index_dir: Path | None) -> None:
+    """Remove ARTICLE (its URL or slug, see `rag list`) from the corpus and rebuild the index."""
+    from rag.corpus import remove_from_corpus
+
+    settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
+    _echo_rebuilt(settings, remove_from_corpus(settings, article))
+
+
+@cli.command("list")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path))
+@_fail_cleanly
+def list_command(index_dir: Path | None) -> None:
+    """The indexed articles with their dates and passage counts."""
+    from rag.corpus import list_articles
+
+    articles = list_articles(_settings(index_dir=index_dir))
+    width = max(len("SLUG"), *(len(a.slug) for a in articles))
+    click.echo(f"{'PUBLISHED':<10}  {'PASSAGES':>8}  {'SLUG':<{width}}  TITLE")
+    for a in articles:
+        published = (a.published or "-")[:10]
+        click.echo(f"{published:<10}  {a.passages:>8}  {a.slug:<{width}}  {a.title}")
+    click.echo(f"{len(articles)} articles, {sum(a.passages for a in articles)} passages")
+
+
+@cli.group("feedback")
+def feedback_group() -> None:
+    """Readers' feedback on answers: export it, or see which articles help least."""
+
+
+@feedback_group.command("export")
+@click.option(
+    "--format", "format_", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File to write (default: standard output).",
+)
+@_data_option
+@_fail_cleanly
+def feedback_export_command(format_: str, output: Path | None, data_dir: Path | None) -> None:
+    """Every feedback, oldest first, as CSV or JSON lines."""
+    from rag.feedback import export_feedback
+
+    settings = _settings(data_dir=data_dir)
+    if output is None:
+        export_feedback(settings, format_, click.get_text_stream("stdout"))  # type: ignore[arg-type]
+        return
+    try:
+        with output.open("w", encoding="utf-8", newline="") as out:
+            count = export_feedback(settings, format_, out)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"exported {count} feedback to {output}", err=True)
+
+
+@feedback_group.command("stats")
+@_data_option
+@_fail_cleanly
+def feedback_stats_command(data_dir: Path | None) -> None:
+    """Helpful rate by article and by section, worst first."""
+    from rag.feedback import feedback_stats
+
+    stats = feedback_stats(_settings(data_dir=data_dir))
+    if not stats.votes:
+        click.echo("no feedback yet")
+        return
+    rate = stats.helpful / stats.votes
+    click.echo(f"{stats.votes} feedback, {stats.helpful} helpful ({rate:.0%})")
+    for heading, rates in (("article", stats.by_article), ("section", stats.by_section)):
+        click.echo(f"\nBy {heading}, worst first:\n{'HELPFUL':>7}  {'VOTES':>5}  {heading.upper()}")
+        for r in rates:
+            name = r.article if r.section is None else f"{r.article} › {r.section}"
+            click.echo(f"{r.rate:>7.0%}  {r.votes:>5}  {name}")
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """API keys: once one exists, the JSON API asks for a key with every request."""
+
+
+@keys_group.command("create")
+@click.argument("name")
+@_data_option
+@_fail_cleanly
+def keys_create_command(name: str, data_dir: Path | None) -> None:
+    """Make a key called NAME and print it."""
+    from rag.keys import create_key
+
+    click.echo(create_key(_settings(data_dir=data_dir), name))
+    click.echo(f"created key {name!r}: store it now, it won't be shown again", err=True)
+
+
+@keys_group.command("list")
+@_data_option
+@_fail_cleanly
+def keys_list_command(data_dir: Path | None) -> None:
+    """The keys' names and creation times (never the keys)."""
+    from rag.keys import keys_enabled, list_keys
+
+    settings = _settings(data_dir=data_dir)
+    if not keys_enabled(settings):
+        click.echo("API keys are off: the API is open; `rag keys create NAME` turns them on")
+        return
+    keys = list_keys(settings)
+    width = max(len("NAME"), *(len(k.name) for k in keys))
+    click.echo(f"{'NAME':<{width}}  CREATED")
+    for k in keys:
+        click.echo(f"{k.name:<{width}}  {k.created}")
+
+
+@keys_group.command("revoke")
+@click.argument("name")
+@_data_option
+@_fail_cleanly
+def keys_revoke_command(name: str, data_dir: Path | None) -> None:
+    """Revoke the key called NAME; requests with it are refused from now on."""
+    from rag.keys import keys_file, list_keys, revoke_key
+
+    settings = _settings(data_dir=data_dir)
+    revoke_key(settings, name)
+    click.echo(f"revoked {name}")
+    if not list_keys(settings):
+        click.echo(
+            f"no keys left: the API refuses every request until a key is created "
+            f"(delete {keys_file(settings)} to turn keys off)"
+        )
+
+
 def main() -> None:
     cli(prog_name="rag")
 
