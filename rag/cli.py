@@ -256,7 +256,7 @@ def feedback_export_command(format_: str, output: Path | None, data_dir: Path | 
 
     settings = _settings(data_dir=data_dir)
     if output is None:
-        export_feedback(settings, format_, click.get_text_stream("stdout"))  # type: ignore[arg-type]
+        export_feedback(settings, format_, sys.stdout)  # type: ignore[arg-type]
         return
     try:
         with output.open("w", encoding="utf-8", newline="") as out:

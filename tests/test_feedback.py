@@ -9,7 +9,9 @@ import sqlite3
 import threading
 
 import pytest
+from click.testing import CliRunner
 
+from rag.cli import cli
 from rag.errors import InputError, RagError
 from rag.feedback import (
     SCHEMA_VERSION,
@@ -258,3 +260,52 @@ def test_a_database_deleted_while_in_use_is_created_again(tiny_settings: Setting
 
     assert record_feedback(tiny_settings, _feedback()) == 1
     assert len(_export(tiny_settings, "jsonl").splitlines()) == 1
+
+
+def test_cli_exports_and_sums_up_feedback(tiny_settings: Settings) -> None:
+    record_feedback(tiny_settings, _feedback(True, articles=("Roadmap", "Salaries")))
+    record_feedback(tiny_settings, _feedback(False, comment="wrong figure"))
+    runner = CliRunner()
+    data = ["--data", str(tiny_settings.data_dir)]
+    output = tiny_settings.data_dir / "export.jsonl"
+
+    as_csv = runner.invoke(cli, ["feedback", "export", "--format", "csv", *data])
+    to_file = runner.invoke(
+        cli, ["feedback", "export", "--format", "jsonl", "--output", str(output), *data]
+    )
+    stats = runner.invoke(cli, ["feedback", "stats", *data])
+
+    assert as_csv.exit_code == 0, as_csv.output
+    assert [row[5] for row in csv.reader(io.StringIO(as_csv.stdout))] == [
+        "comment",
+        "",
+        "wrong figure",
+    ]
+    assert to_file.exit_code == 0, to_file.output
+    assert "exported 2 feedback to" in to_file.output
+    assert [json.loads(line)["helpful"] for line in output.read_text().splitlines()] == [
+        True,
+        False,
+    ]
+    assert stats.exit_code == 0, stats.output
+    assert stats.stdout.splitlines() == [
+        "2 feedback, 1 helpful (50%)",
+        "",
+        "By article, worst first:",
+        "HELPFUL  VOTES  ARTICLE",
+        "    50%      2  Salaries",
+        "   100%      1  Roadmap",
+        "",
+        "By section, worst first:",
+        "HELPFUL  VOTES  SECTION",
+        "     0%      1  Salaries › Pay",
+        "    50%      2  Salaries › Pay › US",
+        "   100%      1  Roadmap › Pay",
+    ]
+
+
+def test_cli_stats_without_feedback(tiny_settings: Settings) -> None:
+    result = CliRunner().invoke(cli, ["feedback", "stats", "--data", str(tiny_settings.data_dir)])
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "no feedback yet\n"
