@@ -315,6 +315,9 @@ def keys_list_command(data_dir: Path | None) -> None:
         click.echo("API keys are off: the API is open; `rag keys create NAME` turns them on")
         return
     keys = list_keys(settings)
+    if not keys:
+        click.echo("no keys: the API refuses every request until a key is created")
+        return
     width = max(len("NAME"), *(len(k.name) for k in keys))
     click.echo(f"{'NAME':<{width}}  CREATED")
     for k in keys:
