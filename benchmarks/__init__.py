@@ -1,0 +1,1 @@
+"""Benchmarks: answer latency, HTTP load, indexing time and index scale, written to results/."""

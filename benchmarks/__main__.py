@@ -1,0 +1,64 @@
+"""`python -m benchmarks [all|latency|http|index|scale]`: measure, print tables, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from benchmarks import common, indexing, latency, load, scale
+
+TARGETS = {
+    "8 clients": ">= 60 answers/s, p95 <= 150 ms, no errors",
+    "64 clients": "only 503/429 with Retry-After, p99 <= 2000 ms for accepted answers",
+    "memory": "RSS <= 1024 MB a worker",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("what", nargs="?", default="all", choices=["all", *PARTS, "scale"])
+    parser.add_argument("--workers", type=int, default=2, help="rag serve workers (default 2)")
+    parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
+    parser.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
+    parser.add_argument("--rounds", type=int, default=5, help="in-process rounds over dev set")
+    parser.add_argument("--profile", action="store_true", help="profile the in-process answers")
+    parser.add_argument("--factors", default="1,10,100,1000", help="scale: passage multipliers")
+    args = parser.parse_args()
+
+    if args.what == "scale":
+        scale.run(tuple(int(f) for f in args.factors.split(",")))
+        return
+    results: dict = {"machine": common.machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    tables = []
+    parts = PARTS if args.what == "all" else [args.what]
+    if "latency" in parts:
+        results["latency"] = latency.run(args.rounds, profile=args.profile)
+        tables.append(latency.latency_table(results["latency"]))
+    if "http" in parts:
+        clients = tuple(int(c) for c in args.clients.split(","))
+        results["http"] = load.run(args.workers, args.seconds, clients)
+        tables.append(load.load_table(results["http"]))
+        rss = ", ".join(f"{m['rss_mb']} MB" for m in results["http"]["memory"])
+        tables.append(f"RSS after the run, per worker: {rss}")
+    if "index" in parts:
+        results["index"] = indexing.run()
+        tables.append(indexing.indexing_table(results["index"]))
+    results["targets"] = TARGETS
+    path = common.write_results("bench.json", results)
+    machine = results["machine"]
+    print(
+        f"\n{machine['cores']} cores, {machine['cpu']}, {machine['memory_gb']} GB, "
+        f"load average at start {machine['load_average_at_start']}\n"
+    )
+    print("\n\n".join(tables))
+    if args.profile:
+        print("\nWhere an answer's time goes (cumulative ms per answer):")
+        print(json.dumps(results["latency"]["profile"], indent=1))
+    print(f"\nwritten to {path.relative_to(common.ROOT)}")
+
+
+PARTS = ["latency", "http", "index"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Benchmark plumbing: the machine, the questions, percentiles, tables and result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DEV_QUESTIONS = ROOT.parent / "shared" / "eval" / "dev.jsonl"
+BIN = ROOT / ".venv" / "bin"
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return {
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "memory_gb": round(memory_kb / 1024**2, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def dev_questions(path: Path = DEV_QUESTIONS) -> list[str]:
+    """Only the question strings of the development set."""
+    return [json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def percentiles(milliseconds: list[float], digits: int = 1) -> dict[str, float | None]:
+    if not milliseconds:
+        return {"p50": None, "p95": None, "p99": None}
+    values = np.percentile(milliseconds, [50, 95, 99])
+    return {f"p{q}": round(float(v), digits) for q, v in zip((50, 95, 99), values, strict=True)}
+
+
+def table(title: str, headers: list[str], rows: list[list[object]]) -> str:
+    """A plain-text table, columns right-aligned except the first."""
+    cells = [headers, *[["—" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [title]
+    for n, row in enumerate(cells):
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_results(name: str, results: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return path
