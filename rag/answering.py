@@ -28,6 +28,8 @@ TYPE_BONUS = 0.08
 # A quoted sentence shorter than this (in words), or ending with a colon, is continued
 # with the sentences after it in its passage.
 _COMPLETE_WORDS = 12
+# How much more a follow-up's own words weigh than the earlier question's.
+FOLLOW_UP_WEIGHT = 3.0
 # Sentences within this margin of the best one join the answer (up to three).
 JOIN_MARGIN = 0.1
 # Abstention. A question is declined when its best sentence scores below
@@ -107,7 +109,11 @@ def answer_question(
     if len(question) > MAX_QUESTION_CHARS:
         raise InputError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
     search_text, emphasis = resolve_follow_up(question, history)
-    query = make_query(search_text, embedder.encode_query(search_text), emphasis=emphasis)
+    vector = embedder.encode_query(search_text)
+    if emphasis:  # lean the search towards what the follow-up adds
+        vector = vector + embedder.encode_query(emphasis)
+        vector = vector / np.linalg.norm(vector)
+    query = make_query(search_text, vector, emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
     chosen = _choose_sentences(index, query, hits, question)
     unknown = _unknown_names(index, question)
@@ -142,6 +148,9 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
         return []
     rare = math.log(1 + len(index.passages))  # the IDF of a token no passage holds
     weights = {t: index.idf.get(t, rare) for t in query.tokens}
+    for token in query.emphasis:  # a follow-up's own words decide what is new in it
+        weights[token] *= FOLLOW_UP_WEIGHT
+    stressed = frozenset(query.emphasis)
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
     wants_figure = bool(_NUMBER_QUESTION.search(lowered))
@@ -163,8 +172,10 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
                 score += TYPE_BONUS if _HAS_FIGURE.search(text) else -TYPE_BONUS
             elif wants_definition and _DEFINING.search(text):
                 score += TYPE_BONUS / 2
-            if len(index.sentence_tokens[row]) < 3:  # headings and labels answer nothing alone
-                score -= TYPE_BONUS
+            if len(index.sentence_tokens[row]) < 3 or text.endswith("?"):
+                score -= TYPE_BONUS  # headings, labels and questions answer nothing alone
+            if stressed and stressed.isdisjoint(words):
+                score -= 2 * TYPE_BONUS  # an answer to the earlier question, not the follow-up
             scored.append(_Scored(hit, i, row, score))
     scored.sort(key=lambda s: -s.score)
     best = scored[0]

@@ -77,9 +77,11 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     """The index and the model, checking the index before spending time on the model."""
     from rag.embedding import Embedder
     from rag.index import load_index, read_manifest
+    from rag.retrieval import use_one_thread
 
     read_manifest(settings.index_dir)
-    embedder = Embedder(settings.model)
+    use_one_thread()
+    embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
     return load_index(settings, embedder), embedder
 
 

@@ -27,6 +27,7 @@ class Query:
     tokens: tuple[str, ...]
     vector: np.ndarray
     synonyms: tuple[str, ...] = ()  # extra stems searched by BM25, see `rag.tokens.expand`
+    emphasis: tuple[str, ...] = ()  # a follow-up's own tokens, which the answer must address
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class Hit:
 
 def make_query(text: str, vector: np.ndarray, *, emphasis: str = "") -> Query:
     """A query; tokens of ``emphasis`` (a follow-up's own words) count twice for BM25."""
-    tokens = (*tokenize(text), *tokenize(emphasis))
-    return Query(text, tokens, vector, tuple(expand(tokens)))
+    stressed = tuple(tokenize(emphasis))
+    tokens = (*tokenize(text), *stressed)
+    return Query(text, tokens, vector, tuple(expand(tokens)), stressed)
 
 
 def retrieve(

@@ -1,0 +1,197 @@
+"""Chunking invariants, the index round trip, the embedding cache and safe rebuilds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from rag.chunking import chunk_articles
+from rag.cli import cli
+from rag.embedding import Embedder
+from rag.errors import CorpusError, IndexMismatchError, IndexMissingError
+from rag.index import FORMAT_VERSION, Index, build_index, load_index
+from rag.ingest import load_corpus
+from rag.retrieval import make_query, retrieve
+from rag.settings import Settings
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+
+ARTICLE = """---
+title: {title}
+url: https://example.org/{slug}/
+date: 2025-06-01
+---
+## {heading}
+
+{body}
+"""
+
+
+def write_article(folder: Path, slug: str, heading: str, body: str) -> None:
+    (folder / f"{slug}.md").write_text(
+        ARTICLE.format(title=slug.replace("-", " ").title(), slug=slug, heading=heading, body=body),
+        encoding="utf-8",
+    )
+
+
+def tiny_corpus(settings: Settings) -> None:
+    write_article(
+        settings.corpus_dir,
+        "robotics-pay",
+        "Robotics salaries",
+        "Robotics engineers in Norway earn about 900,000 kroner a year. Bonuses are rare.",
+    )
+    write_article(
+        settings.corpus_dir,
+        "gardening",
+        "Growing tomatoes",
+        "Tomatoes need six hours of sun and steady watering. Prune the side shoots weekly.",
+    )
+
+
+def test_passages_stay_in_their_section_and_fit_the_model() -> None:
+    settings = Settings()
+    articles = load_corpus(CORPUS)[0]
+    passages = chunk_articles(articles, settings)
+    sections = {(a.url, s.anchor): "\n".join(s.lines) for a in articles for s in a.sections}
+    assert 600 < len(passages) < 1200
+    for passage in passages:
+        section_text = sections[(passage.article_url, passage.anchor)]
+        for start, end in passage.sentences:
+            sentence = passage.text[start:end]
+            assert sentence == sentence.strip() and sentence in section_text
+        words = len(passage.text.split())
+        assert words <= settings.chunk_max_words or len(passage.sentences) == 1
+    sizes = sorted(len(p.text.split()) for p in passages)
+    assert sizes[len(sizes) // 2] >= 50  # median: sections are often short (FAQ answers)
+    assert len({p.id for p in passages}) == len(passages)
+
+
+def test_passage_ids_are_stable_across_rebuilds() -> None:
+    settings = Settings()
+    first = [p.id for p in chunk_articles(load_corpus(CORPUS)[0], settings)]
+    second = [p.id for p in chunk_articles(load_corpus(CORPUS)[0], settings)]
+    assert first == second
+
+
+def test_long_sections_overlap_by_one_sentence() -> None:
+    settings = Settings()
+    passages = chunk_articles(load_corpus(CORPUS)[0], settings)
+    for before, after in itertools.pairwise(passages):
+        if before.anchor == after.anchor and before.article_url == after.article_url:
+            last = before.text[slice(*before.sentences[-1])]
+            first = after.text[slice(*after.sentences[0])]
+            if len(last.split()) <= settings.chunk_words // 3:
+                assert first == last
+            break
+    else:
+        pytest.fail("no long section was split")
+
+
+def test_round_trip_finds_the_right_passage_first(
+    tiny_settings: Settings, embedder: Embedder
+) -> None:
+    tiny_corpus(tiny_settings)
+    summary = build_index(tiny_settings, embedder)
+    assert (summary.articles, summary.passages) == (2, 2)
+    index = load_index(tiny_settings, embedder)
+    question = "How much are robot engineers paid in Norway?"
+    hits = retrieve(index, make_query(question, embedder.encode([question])[0]), 2)
+    assert hits[0].passage.article_url == "https://example.org/robotics-pay/"
+    assert hits[0].passage.url == "https://example.org/robotics-pay/#robotics-salaries"
+    manifest = index.manifest
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert (manifest["model"], manifest["dimension"]) == ("all-MiniLM-L6-v2", 384)
+    assert [f["name"] for f in manifest["corpus_files"]] == ["gardening.md", "robotics-pay.md"]
+    assert manifest["counts"] == {"articles": 2, "sections": 2, "passages": 2, "sentences": 4}
+
+
+def test_rebuild_reuses_cached_embeddings(tiny_settings: Settings, embedder: Embedder) -> None:
+    tiny_corpus(tiny_settings)
+    assert build_index(tiny_settings, embedder).embedded == 6  # 2 passages + 4 sentences
+    assert build_index(tiny_settings, embedder).embedded == 0
+    write_article(tiny_settings.corpus_dir, "new", "Fresh", "A brand new passage about pay.")
+    assert build_index(tiny_settings, embedder).embedded == 2
+    assert tiny_settings.index_dir.is_symlink()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("broken.xml", "<rss><channel><item>", "broken.xml: malformed feed"),
+        ("fake.rss", "just some text", "fake.rss: malformed feed"),
+    ],
+)
+def test_a_bad_file_stops_the_build_and_keeps_the_old_index(
+    tiny_settings: Settings, embedder: Embedder, name: str, content: str, message: str
+) -> None:
+    tiny_corpus(tiny_settings)
+    build_index(tiny_settings, embedder)
+    before = os.readlink(tiny_settings.index_dir)
+    manifest = (tiny_settings.index_dir / "manifest.json").read_text()
+    (tiny_settings.corpus_dir / name).write_text(content)
+    with pytest.raises(CorpusError, match=message):
+        build_index(tiny_settings, embedder)
+    assert os.readlink(tiny_settings.index_dir) == before
+    assert (tiny_settings.index_dir / "manifest.json").read_text() == manifest
+    assert load_index(tiny_settings, embedder).manifest["counts"]["articles"] == 2
+
+
+def test_rag_index_cli_summary_and_errors(tiny_settings: Settings) -> None:
+    runner = CliRunner()
+    args = ["--corpus", str(tiny_settings.corpus_dir), "--index", str(tiny_settings.index_dir)]
+    result = runner.invoke(cli, ["index", "--quiet", *args])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: no articles in {tiny_settings.corpus_dir}: "
+        "add .xml/.rss feeds, .html pages or .md files"
+    )
+    assert not tiny_settings.index_dir.exists()
+    tiny_corpus(tiny_settings)
+    result = runner.invoke(cli, ["index", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    assert "indexed 2 articles, 2 sections, 2 passages (6 texts embedded)" in result.output
+    missing = [
+        "index",
+        "--quiet",
+        "--corpus",
+        str(tiny_settings.corpus_dir / "nope"),
+        "--index",
+        str(tiny_settings.index_dir),
+    ]
+    result = runner.invoke(cli, missing)
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_load_refuses_missing_and_mismatched_indexes(
+    tiny_settings: Settings, embedder: Embedder
+) -> None:
+    with pytest.raises(IndexMissingError, match="run `rag index`"):
+        load_index(tiny_settings, embedder)
+    tiny_corpus(tiny_settings)
+    build_index(tiny_settings, embedder)
+    with pytest.raises(IndexMismatchError, match="built with model 'all-MiniLM-L6-v2'"):
+        load_index(tiny_settings.with_(model="/models/other"), embedder)
+    manifest_path = tiny_settings.index_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(IndexMismatchError, match="format version 99"):
+        load_index(tiny_settings, embedder)
+    manifest_path.write_text(json.dumps({**manifest, "dimension": 768}))
+    with pytest.raises(IndexMismatchError, match="768-dimensional"):
+        load_index(tiny_settings, embedder)
+    manifest_path.write_text(json.dumps(manifest))
+    (tiny_settings.index_dir / "passages.jsonl").write_text("")
+    with pytest.raises(IndexMismatchError, match="inconsistent"):
+        load_index(tiny_settings, embedder)
+
+
+def test_the_real_index_loads(corpus_index: Index) -> None:
+    counts = corpus_index.manifest["counts"]
+    assert counts["articles"] == 6 and counts["passages"] == len(corpus_index.passages)
+    assert corpus_index.dense.ntotal == counts["passages"]
