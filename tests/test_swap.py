@@ -235,3 +235,34 @@ def test_a_damaged_rebuild_never_replaces_the_loaded_index(
         # And the next good build is picked up.
         build_index(built, embedder)
         wait_for(lambda: client.get("/api/health").json()["articles"] == 2)
+
+
+# Engine.load catches RagError only: an unexpected exception from load_index (here an
+# AttributeError on a manifest whose counts is a list) fails the start-up, and in the watcher
+# it ends the watch task, so no later rebuild is ever picked up. Remove the marks once fixed.
+ENGINE_LETS_UNEXPECTED_ERRORS_OUT = pytest.mark.xfail(
+    reason="web/app.py Engine.load/watch let non-RagError exceptions escape", strict=False
+)
+
+
+@ENGINE_LETS_UNEXPECTED_ERRORS_OUT
+def test_an_odd_manifest_at_start_up_is_a_503_not_a_crash(built: Settings) -> None:
+    edit_manifest(counts=[])(built.index_dir.resolve())
+    with TestClient(create_app(built)) as client:
+        assert client.get("/api/health").status_code == 503
+
+
+@ENGINE_LETS_UNEXPECTED_ERRORS_OUT
+def test_an_odd_manifest_in_a_rebuild_does_not_stop_later_reloads(
+    built: Settings, embedder: Embedder
+) -> None:
+    with TestClient(create_app(built)) as client:
+        odd = build_index(built.with_(index_dir=built.index_dir.with_name("aside")), embedder)
+        edit_manifest(counts=[])(odd.path)
+        point_index_at(built, odd.path)
+        time.sleep(4 * built.reload_check_seconds + 0.5)
+        assert client.get("/api/health").json()["articles"] == 1
+        time.sleep(1.1)
+        write_articles(built, prompt_engineers=PROMPT_ENGINEERS)
+        build_index(built, embedder)
+        wait_for(lambda: client.get("/api/health").json()["articles"] == 2, seconds=5)
