@@ -165,6 +165,8 @@
     }
   }
 
+  // With JavaScript the empty-question message comes from ask(), in the alert region.
+  form.noValidate = true;
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     ask(box.value);

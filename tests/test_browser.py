@@ -1,0 +1,253 @@
+"""The chat in a real Chromium: the app runs under uvicorn on a free localhost port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from rag.settings import Settings
+from web.app import create_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SALARY = "How much do AI engineers earn in the US?"
+OFF_TOPIC = "What is the best pizza topping in Naples?"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(app_settings: Settings) -> Iterator[str]:
+    """The real app served by uvicorn in a thread, once its index has loaded."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(app_settings), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app did not become healthy within 120 s")
+        time.sleep(0.25)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+def open_chat(browser: Browser, base_url: str, **options: object) -> Page:
+    """A fresh context on the chat; page errors and dialogs are recorded on the page."""
+    context = browser.new_context(base_url=base_url, **options)  # type: ignore[arg-type]
+    page = context.new_page()
+    page.errors = []  # type: ignore[attr-defined]
+    page.dialogs = []  # type: ignore[attr-defined]
+    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))  # type: ignore[attr-defined]
+    page.goto("/")
+    return page
+
+
+@pytest.fixture()
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    chat = open_chat(browser, base_url, viewport={"width": 1000, "height": 900})
+    yield chat
+    errors = chat.errors  # type: ignore[attr-defined]
+    chat.context.close()
+    assert errors == []
+
+
+def ask(page: Page, question: str) -> dict:
+    """Type ``question``, press Enter, wait for its answer; returns the API's JSON."""
+    turns = page.locator(".turn-answer").count()
+    page.get_by_label("Your question").fill(question)
+    with page.expect_response("**/api/answer") as response:
+        page.get_by_label("Your question").press("Enter")
+    expect(page.locator(".turn-answer")).to_have_count(turns + 1)
+    return response.value.json()
+
+
+def test_answer_with_a_chip_that_opens_the_highlighted_passage(page: Page) -> None:
+    # Record the loading indicator's states: shown while waiting, hidden after.
+    page.evaluate(
+        """() => {
+        window.loadingStates = [];
+        const loading = document.getElementById("loading");
+        new MutationObserver(() => window.loadingStates.push(loading.hidden))
+            .observe(loading, {attributes: true, attributeFilter: ["hidden"]});
+        }"""
+    )
+    answer = ask(page, SALARY)
+    assert answer["answered"] is True
+    assert page.evaluate("window.loadingStates") == [False, True]
+    assert page.get_by_label("Your question").evaluate("box => box === document.activeElement")
+
+    first = next(c for c in answer["citations"] if c["highlights"])
+    start, end = first["highlights"][0]
+    card = page.locator(".turn-answer").last
+    expect(card.locator(".quote .sentence").first).to_have_text(first["text"][start:end])
+    chip = card.locator(".cite").first
+    expect(chip.locator("summary")).to_have_text(str(first["n"]))
+    link = chip.locator(".passage-link")
+    expect(link).to_be_hidden()
+    assert link.get_attribute("href") == first["url"]
+    assert (link.get_attribute("target"), link.get_attribute("rel")) == ("_blank", "noopener")
+
+    chip.locator("summary").click()
+    expect(chip.locator("mark").first).to_be_visible()
+    expect(chip.locator("mark").first).to_have_text(first["text"][start:end])
+    expect(link).to_be_visible()
+    expect(card.locator(".meta")).to_have_text(f"{round(answer['took_ms'])} ms")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+
+    # The chip also opens and closes from the keyboard.
+    chip.locator("summary").focus()
+    page.keyboard.press("Enter")
+    expect(chip.locator("mark").first).to_be_hidden()
+
+
+def test_follow_up_sends_the_earlier_questions_as_history(page: Page) -> None:
+    ask(page, SALARY)
+    with page.expect_request("**/api/answer") as request:
+        ask(page, "and senior ones?")
+    assert request.value.post_data_json == {"question": "and senior ones?", "history": [SALARY]}
+    expect(page.locator(".turn-user .question")).to_have_text(
+        [f"You asked: {SALARY}", "You asked: and senior ones?"]
+    )
+
+
+def test_declined_question_shows_the_closest_sections(page: Page) -> None:
+    answer = ask(page, OFF_TOPIC)
+    assert answer["answered"] is False
+    card = page.locator(".turn-answer").last
+    expect(card.locator(".declined-text")).to_contain_text("The articles don't")
+    expect(card.locator(".sources-title")).to_have_text("Closest sections")
+    expect(card.locator(".sources a.source")).to_have_count(len(answer["citations"]))
+
+
+def test_script_in_a_question_is_shown_as_text(page: Page) -> None:
+    question = "<script>alert(1)</script><img src=x onerror=alert(2)> AI salary"
+    ask(page, question)
+    expect(page.locator(".turn-user .question").last).to_have_text(f"You asked: {question}")
+    assert page.locator("#transcript script, #transcript img").count() == 0
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_example_questions_are_clickable(page: Page) -> None:
+    example = page.locator("#examples button").first
+    text = example.inner_text()
+    with page.expect_request("**/api/answer") as request:
+        example.click()
+    assert request.value.post_data_json == {"question": text, "history": []}
+    expect(page.locator(".turn-answer")).to_have_count(1)
+    expect(page.locator(".turn-user .question")).to_have_text([f"You asked: {text}"])
+    expect(page.locator("#examples")).to_have_count(0)
+
+
+def test_empty_question_is_refused_in_place(page: Page) -> None:
+    page.get_by_label("Your question").press("Enter")
+    expect(page.get_by_role("alert")).to_have_text("Type a question first.")
+    expect(page.locator(".turn")).to_have_count(0)
+
+
+def test_keyboard_only_use(page: Page) -> None:
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.className")
+    assert focused == "example"
+    page.keyboard.press("Enter")
+    expect(page.locator(".turn-answer")).to_have_count(1)
+    # Focus returns to the question box, so the next question can be typed at once.
+    page.keyboard.type("and senior ones?")
+    page.keyboard.press("Enter")
+    expect(page.locator(".turn-answer")).to_have_count(2)
+
+
+def test_chat_fits_a_375_px_phone(browser: Browser, base_url: str) -> None:
+    phone = open_chat(browser, base_url, viewport={"width": 375, "height": 740}, is_mobile=True)
+    try:
+        ask(phone, SALARY)
+        phone.locator(".turn-answer .cite summary").first.click()
+        widths = phone.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths[0] <= widths[1] == 375
+        for control in (
+            phone.get_by_label("Your question"),
+            phone.get_by_role("button", name="Ask"),
+        ):
+            expect(control).to_be_in_viewport()
+            box = control.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+        ARTIFACTS.mkdir(exist_ok=True)
+        phone.screenshot(path=str(ARTIFACTS / "chat-375.png"), full_page=True)
+        assert phone.errors == []  # type: ignore[attr-defined]
+    finally:
+        phone.context.close()
+
+
+def test_form_works_without_javascript(browser: Browser, base_url: str) -> None:
+    page = open_chat(browser, base_url, java_script_enabled=False)
+    try:
+        page.get_by_label("Your question").fill(SALARY)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Ask").click()
+        expect(page.locator(".turn-answer .answer")).to_have_attribute("data-answered", "true")
+        chip = page.locator(".turn-answer .cite").first
+        chip.locator("summary").click()
+        expect(chip.locator("mark").first).to_be_visible()
+
+        page.get_by_label("Your question").fill("and senior ones?")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Ask").click()
+        expect(page.locator(".turn-user .question")).to_have_text(
+            [f"You asked: {SALARY}", "You asked: and senior ones?"]
+        )
+        expect(page.locator(".turn-answer")).to_have_count(1)
+        hidden = page.locator("#ask input[name=history]")
+        assert [hidden.nth(i).get_attribute("value") for i in range(hidden.count())] == [
+            SALARY,
+            "and senior ones?",
+        ]
+    finally:
+        page.context.close()
