@@ -7,11 +7,12 @@ from collections.abc import Callable, Coroutine
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException
 
 from rag.answering import MAX_QUESTION_CHARS, Answer, answer_question
 from rag.errors import InputError
@@ -182,7 +183,7 @@ class JSONErrorRoute(APIRoute):
         async def route_handler(request: Request) -> Response:
             try:
                 return await handle(request)
-            except HTTPException:
+            except HTTPException:  # Starlette's, so FastAPI's and the body-parsing 400 too
                 raise
             except Exception as exc:
                 kind = next(k for k in EXCEPTION_HANDLERS if isinstance(exc, k))
