@@ -6,7 +6,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,25 +78,34 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def open_chat(browser: Browser, base_url: str, **options: object) -> Page:
-    """A fresh context on the chat; page errors and dialogs are recorded on the page."""
-    context = browser.new_context(base_url=base_url, **options)  # type: ignore[arg-type]
-    page = context.new_page()
-    page.errors = []  # type: ignore[attr-defined]
-    page.dialogs = []  # type: ignore[attr-defined]
-    page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
-    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))  # type: ignore[attr-defined]
+@dataclass
+class Watch:
+    """What a page did that a test must see: script errors and dialogs (e.g. ``alert``)."""
+
+    errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+
+def open_chat(browser: Browser, base_url: str, watch: Watch, **options: Any) -> Page:
+    """A fresh browser context on the chat, reporting errors and dialogs to ``watch``."""
+    page = browser.new_context(base_url=base_url, **options).new_page()
+    page.on("pageerror", lambda error: watch.errors.append(str(error)))
+    page.on("dialog", lambda dialog: (watch.dialogs.append(dialog.message), dialog.dismiss()))
     page.goto("/")
     return page
 
 
 @pytest.fixture()
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    chat = open_chat(browser, base_url, viewport={"width": 1000, "height": 900})
+def watch() -> Watch:
+    return Watch()
+
+
+@pytest.fixture()
+def page(browser: Browser, base_url: str, watch: Watch) -> Iterator[Page]:
+    chat = open_chat(browser, base_url, watch, viewport={"width": 1000, "height": 900})
     yield chat
-    errors = chat.errors  # type: ignore[attr-defined]
     chat.context.close()
-    assert errors == []
+    assert watch.errors == []
 
 
 def ask(page: Page, question: str) -> dict:
@@ -166,12 +177,12 @@ def test_declined_question_shows_the_closest_sections(page: Page) -> None:
     expect(card.locator(".sources a.source")).to_have_count(len(answer["citations"]))
 
 
-def test_script_in_a_question_is_shown_as_text(page: Page) -> None:
+def test_script_in_a_question_is_shown_as_text(page: Page, watch: Watch) -> None:
     question = "<script>alert(1)</script><img src=x onerror=alert(2)> AI salary"
     ask(page, question)
     expect(page.locator(".turn-user .question").last).to_have_text(f"You asked: {question}")
     assert page.locator("#transcript script, #transcript img").count() == 0
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert watch.dialogs == []
 
 
 def test_example_questions_are_clickable(page: Page) -> None:
@@ -203,8 +214,10 @@ def test_keyboard_only_use(page: Page) -> None:
     expect(page.locator(".turn-answer")).to_have_count(2)
 
 
-def test_chat_fits_a_375_px_phone(browser: Browser, base_url: str) -> None:
-    phone = open_chat(browser, base_url, viewport={"width": 375, "height": 740}, is_mobile=True)
+def test_chat_fits_a_375_px_phone(browser: Browser, base_url: str, watch: Watch) -> None:
+    phone = open_chat(
+        browser, base_url, watch, viewport={"width": 375, "height": 740}, is_mobile=True
+    )
     try:
         ask(phone, SALARY)
         phone.locator(".turn-answer .cite summary").first.click()
@@ -221,13 +234,13 @@ def test_chat_fits_a_375_px_phone(browser: Browser, base_url: str) -> None:
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
         ARTIFACTS.mkdir(exist_ok=True)
         phone.screenshot(path=str(ARTIFACTS / "chat-375.png"), full_page=True)
-        assert phone.errors == []  # type: ignore[attr-defined]
+        assert watch.errors == []
     finally:
         phone.context.close()
 
 
-def test_form_works_without_javascript(browser: Browser, base_url: str) -> None:
-    page = open_chat(browser, base_url, java_script_enabled=False)
+def test_form_works_without_javascript(browser: Browser, base_url: str, watch: Watch) -> None:
+    page = open_chat(browser, base_url, watch, java_script_enabled=False)
     try:
         page.get_by_label("Your question").fill(SALARY)
         with page.expect_navigation():
@@ -249,5 +262,21 @@ def test_form_works_without_javascript(browser: Browser, base_url: str) -> None:
             SALARY,
             "and senior ones?",
         ]
+    finally:
+        page.context.close()
+
+
+def test_example_questions_work_without_javascript(
+    browser: Browser, base_url: str, watch: Watch
+) -> None:
+    page = open_chat(browser, base_url, watch, java_script_enabled=False)
+    try:
+        example = page.locator("#examples button").first
+        text = example.inner_text()
+        with page.expect_navigation():
+            example.click()
+        expect(page.locator(".turn-user .question")).to_have_text([f"You asked: {text}"])
+        expect(page.locator(".turn-answer")).to_have_count(1)
+        expect(page.locator("#examples")).to_have_count(0)
     finally:
         page.context.close()
