@@ -28,6 +28,8 @@ TYPE_BONUS = 0.08
 # A quoted sentence shorter than this (in words), or ending with a colon, is continued
 # with the sentences after it in its passage.
 _COMPLETE_WORDS = 12
+# A short line with nothing substantive after it is a heading, not an answer.
+LABEL_PENALTY = 0.3
 # How much more a follow-up's own words weigh than the earlier question's.
 FOLLOW_UP_WEIGHT = 3.0
 # Sentences within this margin of the best one join the answer (up to three).
@@ -46,6 +48,7 @@ _NUMBER_QUESTION = re.compile(
 )
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
+_QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
 _HAS_FIGURE = re.compile(r"\d")
 _DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed to)\b")
 
@@ -155,6 +158,7 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
     lowered = normalise(question)
     wants_figure = bool(_NUMBER_QUESTION.search(lowered))
     wants_definition = bool(_DEFINITION_QUESTION.search(lowered))
+    subject = frozenset(query.tokens) - _QUESTION_VERBS if wants_definition else frozenset()
     scored: list[_Scored] = []
     for hit in hits:
         first = int(index.sentence_start[hit.position])
@@ -170,10 +174,22 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
             text = hit.passage.text[slice(*hit.passage.sentences[i])]
             if wants_figure:
                 score += TYPE_BONUS if _HAS_FIGURE.search(text) else -TYPE_BONUS
-            elif wants_definition and _DEFINING.search(text):
-                score += TYPE_BONUS / 2
-            if len(index.sentence_tokens[row]) < 3 or text.endswith("?"):
-                score -= TYPE_BONUS  # headings, labels and questions answer nothing alone
+            elif wants_definition:
+                # "What is sustainable AI?" is answered by the line that starts with
+                # "Sustainable AI" (or the definition after that label).
+                opening = frozenset(tokenize(" ".join(text.split()[: len(subject) + 3])))
+                if subject and subject <= opening:
+                    score += TYPE_BONUS
+                if _DEFINING.search(text):
+                    score += TYPE_BONUS / 2
+            if text.endswith("?"):
+                score -= TYPE_BONUS  # a question in the text (FAQ) answers nothing itself
+            elif len(text.split()) < _COMPLETE_WORDS / 2:
+                # A label answers only through the line after it ("Sustainable AI:" and its
+                # definition); a label followed by another label is a list of headings.
+                after = hit.passage.sentences[i + 1] if i + 1 < count else None
+                substantive = after and len(hit.passage.text[slice(*after)].split()) >= 6
+                score -= TYPE_BONUS if substantive else LABEL_PENALTY
             if stressed and stressed.isdisjoint(words):
                 score -= 2 * TYPE_BONUS  # an answer to the earlier question, not the follow-up
             scored.append(_Scored(hit, i, row, score))

@@ -372,35 +372,38 @@ def _table_rows(table: lxml.html.HtmlElement) -> list[str]:
     header, body = rows[0], rows[1:]
     if not body:
         return [*lines, "; ".join(c for c in header if c)]
-    for row in body:
-        cells = [
-            f"{header[i]}: {cell}" if i < len(header) and header[i] else cell
-            for i, cell in enumerate(row)
-            if cell
-        ]
-        lines.append("; ".join(cells))
+    lines.extend(_header_row(header, row) for row in body)
     return lines
 
 
 def _pre_lines(pre: lxml.html.HtmlElement) -> list[str]:
     """Preformatted text: ASCII tables become header-carrying rows, other lines stay lines."""
+    if pre.text and pre.text.strip().endswith("CopyEdit"):
+        pre.text = ""  # the "plaintext Copy Edit" buttons of a pasted chat transcript
     raw = [_BOX_DRAWING.sub(" ", line) for line in _split_at_breaks(pre)]
-    raw = [line for part in raw for line in part.splitlines()]
-    grid = [line for line in raw if "|" in line and not _ASCII_RULE.match(line)]
-    if len(grid) >= 3 and len(grid) >= len([r for r in raw if r.strip()]) - 2:
-        cells = [[_clean(c) for c in line.strip().strip("|").split("|")] for line in grid]
-        header, body = cells[0], cells[1:]
-        lines = [_clean(r) for r in raw if r.strip() and "|" not in r and not _ASCII_RULE.match(r)]
-        for row in body:
-            parts = [
-                f"{header[i]}: {cell}" if i < len(header) and header[i] else cell
-                for i, cell in enumerate(row)
-                if cell
-            ]
-            if parts:
-                lines.append("; ".join(parts))
-        return [line for line in lines if line]
-    return [line for line in (_clean(r) for r in raw) if line and not _ASCII_RULE.match(line)]
+    raw = [line for part in raw for line in part.splitlines() if re.search(r"\w", line)]
+    content = [line for line in raw if not _ASCII_RULE.match(line)]
+    grid = [line for line in content if "|" in line]
+    if len(grid) < 3 or len(grid) < len(content) - 2:
+        return [_clean(line) for line in content]
+    lines = [_clean(line) for line in content if "|" not in line]
+    rows = [[_clean(c) for c in line.strip().strip("|").split("|")] for line in grid]
+    # Single-cell rows above the header are the table's title.
+    while rows and len([c for c in rows[0] if c]) < 2:
+        lines.extend(c for c in rows.pop(0) if c)
+    if rows:
+        header, body = rows[0], rows[1:]
+        lines.extend(_header_row(header, row) for row in body if any(row))
+    return lines
+
+
+def _header_row(header: list[str], row: list[str]) -> str:
+    """``Header: cell; Header: cell`` for the non-empty cells of a row."""
+    return "; ".join(
+        f"{header[i]}: {cell}" if i < len(header) and header[i] else cell
+        for i, cell in enumerate(row)
+        if cell
+    )
 
 
 def _clean(text: str) -> str:
