@@ -89,17 +89,54 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 @click.argument("question")
 @click.option("--top-k", type=click.IntRange(1, 20), default=5, show_default=True)
 @click.option("--history", multiple=True, help="An earlier question (repeat, oldest first).")
+@click.option(
+    "--article",
+    "articles",
+    multiple=True,
+    help="Only quote this article, by URL or slug (repeat for several; see `rag list`).",
+)
+@click.option("--after", help="Only articles published on or after this day (YYYY-MM-DD).")
+@click.option("--before", help="Only articles published on or before this day (YYYY-MM-DD).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result object as JSON.")
 @click.option("--index", "index_dir", type=click.Path(path_type=Path))
 @_fail_cleanly
 def ask_command(
-    question: str, top_k: int, history: tuple[str, ...], as_json: bool, index_dir: Path | None
+    question: str,
+    top_k: int,
+    history: tuple[str, ...],
+    articles: tuple[str, ...],
+    after: str | None,
+    before: str | None,
+    as_json: bool,
+    index_dir: Path | None,
 ) -> None:
     """Answer QUESTION with quoted, cited sentences."""
-    from rag.answering import answer_question
+    from datetime import date
 
+    from rag.answering import answer_question
+    from rag.retrieval import passage_filter
+
+    def day(option: str, value: str | None) -> date | None:
+        try:
+            return date.fromisoformat(value) if value is not None else None
+        except ValueError:
+            raise click.ClickException(
+                f"{option} must be a day as YYYY-MM-DD, not {value!r}"
+            ) from None
+
+    published_after, published_before = day("--after", after), day("--before", before)
+    if published_after and published_before and published_after > published_before:
+        raise click.ClickException(f"--after {after} is later than --before {before}")
     index, embedder = _load(_settings(index_dir=index_dir))
-    result = answer_question(index, embedder, question, top_k=top_k, history=history)
+    allowed = passage_filter(
+        index,
+        articles=articles,
+        published_after=published_after,
+        published_before=published_before,
+    )
+    result = answer_question(
+        index, embedder, question, top_k=top_k, history=history, allowed=allowed
+    )
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
         return

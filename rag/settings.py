@@ -43,6 +43,8 @@ class Settings:
     max_queue: int = 64
     queue_timeout_seconds: float = 1.0
     rate_limit_per_minute: int = 0
+    # Requests a minute each API key may make (0: no limit), counted over the last 60 s.
+    key_rate_limit_per_minute: int = 600
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     # How often (seconds) a running server looks for a rebuilt index.
     reload_check_seconds: float = 1.0
@@ -67,6 +69,8 @@ class Settings:
             raise SettingsError("max_body_bytes must be at least 1024")
         if self.rate_limit_per_minute < 0:
             raise SettingsError("rate_limit_per_minute must be 0 (off) or more")
+        if self.key_rate_limit_per_minute < 0:
+            raise SettingsError("key_rate_limit_per_minute must be 0 (off) or more")
 
     @property
     def model_cache_dir(self) -> Path:

@@ -7,17 +7,26 @@ from collections.abc import Callable, Coroutine
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from starlette.exceptions import HTTPException
 
 from rag.answering import MAX_QUESTION_CHARS, Answer, answer_question
-from rag.errors import InputError
+from rag.errors import InputError, RagError
+from rag.feedback import (
+    MAX_ANSWER_CHARS,
+    MAX_COMMENT_CHARS,
+    MAX_FIELD_CHARS,
+    MAX_PASSAGES,
+    Feedback,
+    record_feedback,
+)
 from rag.retrieval import passage_filter
 from web.app import Engine, EngineDep
+from web.auth import ApiKeyName, require_key
 
 log = logging.getLogger("rag.web")
 
@@ -53,6 +62,44 @@ class AnswerRequest(BaseModel):
     )
     published_after: date | None = Field(None, description="Only articles published on or after.")
     published_before: date | None = Field(None, description="Only articles published on or before.")
+
+
+class FeedbackRequest(BaseModel):
+    """A reader's verdict on an answer, naming the passages it cited."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "question": "What skills does an MLOps engineer need?",
+                    "answer": "MLOps engineers need ... [1]",
+                    "passage_ids": ["3f2a9c0d1e4b5a67"],
+                    "helpful": True,
+                    "comment": "Exactly what I needed.",
+                }
+            ]
+        },
+    )
+
+    question: Question = Field(description="The question that was answered.")
+    answer: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ANSWER_CHARS)] = Field(
+        description="The answer text as shown."
+    )
+    passage_ids: list[
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_FIELD_CHARS)]
+    ] = Field(
+        max_length=MAX_PASSAGES,
+        description="The `passage_id` of each citation of the answer (may be empty).",
+    )
+    helpful: StrictBool = Field(description="Whether the answer helped.")
+    comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS)] = Field(
+        "", description="Optional remark, at most 2,000 characters."
+    )
+
+
+class FeedbackOut(BaseModel):
+    id: int = Field(description="The stored feedback's id.")
 
 
 class CitationOut(BaseModel):
@@ -124,6 +171,35 @@ def ask(engine: Engine, request: AnswerRequest) -> Answer:
     )
 
 
+def store_feedback(engine: Engine, request: FeedbackRequest, api_key: str | None) -> int:
+    """Record ``request`` with each passage's article and section from the index; its id.
+
+    The API and the page share it. An id the loaded index does not hold is an
+    `InputError` naming the field (``passage_ids.N``).
+    """
+    index, _ = engine.current()
+    by_id = {p.id: p for p in index.passages}
+    passages = []
+    for n, passage_id in enumerate(request.passage_ids):
+        if passage_id not in by_id:
+            raise InputError(
+                f"passage_ids.{n}: no passage {passage_id!r} in the index; "
+                "send the passage_id of each citation of the answer"
+            )
+        passages.append(by_id[passage_id])
+    feedback = Feedback(
+        question=request.question,
+        answer=request.answer,
+        passage_ids=tuple(request.passage_ids),
+        helpful=request.helpful,
+        comment=request.comment,
+        articles=tuple(p.article_title for p in passages),
+        sections=tuple(p.section_path for p in passages),
+        api_key=api_key,
+    )
+    return record_feedback(engine.settings, feedback)
+
+
 def describe(errors: list[Any]) -> list[dict[str, str]]:
     """Pydantic/FastAPI validation errors as ``{"field", "message"}`` a person can read."""
     described = []
@@ -158,6 +234,11 @@ def input_rejected(request: Request, exc: InputError) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
+def unavailable(request: Request, exc: RagError) -> JSONResponse:
+    log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "the server cannot do this right now; try again later"}, 503)
+
+
 def unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
@@ -166,6 +247,7 @@ def unexpected(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Any], JSONResponse]] = {
     RequestValidationError: validation_failed,
     InputError: input_rejected,
+    RagError: unavailable,  # after InputError, its subclass: e.g. the feedback database failed
     Exception: unexpected,
 }
 
@@ -199,18 +281,37 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "No usable index is loaded yet"},
 }
 
+# Once an API key exists every route needs one (401 without, 429 past the key's rate
+# limit) except /api/health, which stays open so load balancers can probe it.
 router = APIRouter(prefix="/api", route_class=JSONErrorRoute, tags=["api"])
+keyed = [Depends(require_key)]
 
 
-@router.post("/answer", response_model=AnswerOut, responses=ERRORS)
+@router.post("/answer", response_model=AnswerOut, responses=ERRORS, dependencies=keyed)
 def answer(request: AnswerRequest, engine: EngineDep) -> dict:
-    """Answer a question with quoted, cited sentences from the articles, or decline."""
+    """Answer a question with quoted, cited sentences from the articles, or decline.
+
+    Once API keys are on, send `Authorization: Bearer <key>`: 401 without a
+    current key, 429 with `Retry-After` past the key's rate limit.
+    """
     return ask(engine, request).to_dict()
 
 
-@router.get("/articles", response_model=list[ArticleOut], responses={503: ERRORS[503]})
+@router.post("/feedback", status_code=201, response_model=FeedbackOut, responses=ERRORS)
+def feedback(request: FeedbackRequest, engine: EngineDep, api_key: ApiKeyName) -> dict:
+    """Record whether an answer helped; 201 with its id once it is stored.
+
+    `passage_ids` must be passages of the loaded index (400 naming the one that
+    is not). API keys as for `/api/answer`.
+    """
+    return {"id": store_feedback(engine, request, api_key)}
+
+
+@router.get(
+    "/articles", response_model=list[ArticleOut], responses={503: ERRORS[503]}, dependencies=keyed
+)
 def articles(engine: EngineDep) -> list[dict]:
-    """The indexed articles, with their publication day and size."""
+    """The indexed articles, with their publication day and size (API keys as for answers)."""
     index, _ = engine.current()
     return [
         {
@@ -227,7 +328,7 @@ def articles(engine: EngineDep) -> list[dict]:
 
 @router.get("/health", response_model=Health, responses={503: {"model": Unavailable}})
 def health(engine: EngineDep) -> JSONResponse:
-    """Whether an index is loaded, and what it holds."""
+    """Whether an index is loaded, and what it holds; open without an API key, for probes."""
     if engine.index is None:
         return JSONResponse({"status": "unavailable", "reason": engine.error}, status_code=503)
     counts = engine.index.manifest["counts"]

@@ -89,7 +89,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 def create_app(settings: Settings) -> FastAPI:
     """The chat page and JSON API over the index named in ``settings``."""
-    from web import api, limits, pages
+    from web import api, auth, limits, pages
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     limits.install(app, settings)
+    auth.install(app, settings)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

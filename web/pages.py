@@ -1,10 +1,16 @@
-"""Web pages: the chat, rendered with Jinja2, working with and without JavaScript."""
+"""Web pages: the chat, rendered with Jinja2, working with and without JavaScript.
+
+The page asks its own routes under ``/chat/api`` (the same handlers and
+models as ``/api``), which need no API key: people without one use the chat.
+So that other sites cannot use them through their visitors' browsers, every
+post here must come from this site (`web.auth.same_origin`).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
@@ -12,8 +18,19 @@ from pydantic import ValidationError
 
 from rag.answering import MAX_QUESTION_CHARS, Answer, Citation
 from rag.errors import InputError
-from web.api import MAX_HISTORY, AnswerRequest, ask, describe
-from web.app import WEB_DIR, EngineDep
+from web.api import (
+    MAX_HISTORY,
+    AnswerOut,
+    AnswerRequest,
+    FeedbackOut,
+    FeedbackRequest,
+    JSONErrorRoute,
+    ask,
+    describe,
+    store_feedback,
+)
+from web.app import WEB_DIR, Engine, EngineDep
+from web.auth import same_origin
 
 EXAMPLES = (
     "How much do AI engineers earn?",
@@ -27,6 +44,8 @@ templates = Jinja2Templates(
     env=Environment(loader=FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
 )
 router = APIRouter(include_in_schema=False)
+chat_api = APIRouter(prefix="/chat/api", route_class=JSONErrorRoute)
+from_this_site = [Depends(same_origin)]
 
 
 def marked(citation: Citation) -> list[tuple[str, bool]]:
@@ -54,33 +73,63 @@ def quotes(answer: Answer) -> list[tuple[str, Citation]]:
 templates.env.globals.update(marked=marked, quotes=quotes, max_chars=MAX_QUESTION_CHARS)
 
 
-def _page(request: Request, status_code: int = 200, **context: object) -> HTMLResponse:
-    context = {"examples": EXAMPLES, "history": [], "answer": None, "error": None} | context
+def _page(
+    request: Request, engine: Engine, status_code: int = 200, **context: object
+) -> HTMLResponse:
+    # The article picker lists the loaded index's articles (none while it loads).
+    articles = engine.index.articles if engine.index is not None else ()
+    context = {
+        "examples": EXAMPLES,
+        "history": [],
+        "answer": None,
+        "error": None,
+        "articles": articles,
+        "chosen": [],
+    } | context
     return templates.TemplateResponse(request, "chat.html", context, status_code=status_code)
 
 
 @router.get("/", response_class=HTMLResponse)
-def chat(request: Request) -> HTMLResponse:
+def chat(request: Request, engine: EngineDep) -> HTMLResponse:
     """The empty chat with example questions."""
-    return _page(request)
+    return _page(request, engine)
 
 
-@router.post("/", response_class=HTMLResponse)
+@router.post("/", response_class=HTMLResponse, dependencies=from_this_site)
 def chat_form(
     request: Request,
     engine: EngineDep,
     question: Annotated[str, Form()] = "",
     history: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies form defaults
+    articles: Annotated[list[str], Form()] = [],  # noqa: B006
 ) -> HTMLResponse:
     """The chat without JavaScript: the form posts here and gets the page back, answered."""
     history = [h for h in history if h.strip()][-MAX_HISTORY:]
+    kept = {"history": history, "chosen": articles}
     try:
-        answer = ask(engine, AnswerRequest(question=question, history=history))
+        answer = ask(engine, AnswerRequest(question=question, history=history, articles=articles))
     except ValidationError as exc:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in describe(exc.errors()))
-        return _page(request, 400, history=history, error=detail, draft=question)
+        return _page(request, engine, 400, error=detail, draft=question, **kept)
     except InputError as exc:
-        return _page(request, 400, history=history, error=str(exc), draft=question)
+        return _page(request, engine, 400, error=str(exc), draft=question, **kept)
     except HTTPException as exc:
-        return _page(request, exc.status_code, history=history, error=str(exc.detail))
-    return _page(request, history=history, answer=answer)
+        return _page(request, engine, exc.status_code, error=str(exc.detail), **kept)
+    return _page(request, engine, answer=answer, **kept)
+
+
+@chat_api.post("/answer", response_model=AnswerOut, dependencies=from_this_site)
+def chat_answer(request: AnswerRequest, engine: EngineDep) -> dict:
+    """`/api/answer` for the page: no API key, only from this site."""
+    return ask(engine, request).to_dict()
+
+
+@chat_api.post(
+    "/feedback", status_code=201, response_model=FeedbackOut, dependencies=from_this_site
+)
+def chat_feedback(request: FeedbackRequest, engine: EngineDep) -> dict:
+    """`/api/feedback` for the page: no API key, only from this site."""
+    return {"id": store_feedback(engine, request, api_key=None)}
+
+
+router.include_router(chat_api)  # after its routes: including copies them

@@ -1,4 +1,5 @@
-// The chat in place: asks /api/answer and builds the same markup as templates/chat.html.
+// The chat in place: asks /chat/api/answer (the page's own, key-free twin of /api/answer) and
+// builds the same markup as templates/chat.html, plus thumbs up/down feedback on each answer.
 // All user and article text goes in through text nodes (append/textContent), never as HTML.
 "use strict";
 
@@ -13,6 +14,7 @@
   // Earlier questions of this conversation (the page may come from a form post).
   const history = Array.from(form.querySelectorAll('input[name="history"]'), (input) => input.value);
   let busy = false;
+  let feedbackCount = 0;
 
   function el(tag, attributes = {}, ...children) {
     const node = document.createElement(tag);
@@ -80,6 +82,82 @@
     return list;
   }
 
+  async function postJSON(url, payload) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(payload),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new Error(body.detail || `The server refused the request (HTTP ${response.status}).`);
+    }
+    return body;
+  }
+
+  // Thumbs up/down with an optional comment, sent together with the vote: one vote an answer.
+  // The passages sent are the ones the answer quotes (none for a declined answer).
+  function feedbackControls(question, answerText, passageIds) {
+    const id = `feedback-comment-${++feedbackCount}`;
+    const comment = el("input", {
+      type: "text",
+      id,
+      class: "feedback-comment",
+      maxlength: "2000",
+      placeholder: "Comment (optional)",
+    });
+    const label = el("label", { for: id, class: "visually-hidden" }, "Comment, sent with your vote (optional)");
+    const vote = (name, symbol) =>
+      el("button", { type: "button", class: "vote", "aria-label": name, "aria-pressed": "false" }, symbol);
+    const up = vote("Helpful", "👍");
+    const down = vote("Not helpful", "👎");
+    const status = el("p", { class: "feedback-status", role: "status" });
+    const group = el(
+      "div",
+      { class: "feedback", role: "group", "aria-label": "Was this answer helpful?" },
+      el("span", { class: "feedback-prompt", "aria-hidden": "true" }, "Helpful?"),
+      label,
+      comment,
+      up,
+      down,
+      status,
+    );
+    let state = "open"; // then "sending", then "sent"
+
+    async function send(button, helpful) {
+      if (state !== "open") return;
+      state = "sending";
+      button.setAttribute("aria-pressed", "true");
+      status.textContent = "Sending…";
+      try {
+        await postJSON("/chat/api/feedback", {
+          question,
+          answer: answerText,
+          passage_ids: passageIds,
+          helpful,
+          comment: comment.value.trim(),
+        });
+        state = "sent";
+        for (const each of [up, down]) each.setAttribute("aria-disabled", "true");
+        comment.readOnly = true;
+        status.textContent = "Thanks for your feedback!";
+      } catch (error) {
+        state = "open";
+        button.setAttribute("aria-pressed", "false");
+        status.textContent =
+          error instanceof TypeError ? "Could not reach the server; try again." : error.message;
+      }
+    }
+
+    up.addEventListener("click", () => send(up, true));
+    down.addEventListener("click", () => send(down, false));
+    return group;
+  }
+
+  function quotedPassageIds(answer) {
+    return answer.citations.filter((c) => c.highlights.length).map((c) => c.passage_id);
+  }
+
   function answerTurn(answer) {
     const card = el(
       "article",
@@ -98,6 +176,7 @@
     } else if (related.length) {
       card.append(el("h3", { class: "sources-title" }, "Closest sections"), sourceList(related));
     }
+    card.append(feedbackControls(answer.question, answer.answer, quotedPassageIds(answer)));
     card.append(el("p", { class: "meta" }, `${Math.round(answer.took_ms)} ms`));
     const classes = answer.answered ? "turn turn-answer" : "turn turn-answer declined";
     return el("li", { class: classes }, card);
@@ -111,6 +190,10 @@
       question,
     );
     return el("li", { class: "turn turn-user" }, bubble);
+  }
+
+  function chosenArticles() {
+    return Array.from(form.querySelectorAll('input[name="articles"]:checked'), (box) => box.value);
   }
 
   function showError(message) {
@@ -140,16 +223,11 @@
     box.value = "";
     setBusy(true);
     loading.scrollIntoView({ block: "nearest" });
+    const request = { question, history: history.slice(-MAX_HISTORY) };
+    const articles = chosenArticles();
+    if (articles.length) request.articles = articles;
     try {
-      const response = await fetch("/api/answer", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ question, history: history.slice(-MAX_HISTORY) }),
-      });
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) {
-        throw new Error(body.detail || `The server could not answer (HTTP ${response.status}).`);
-      }
+      const body = await postJSON("/chat/api/answer", request);
       const answerTurnNode = answerTurn(body);
       transcript.append(answerTurnNode);
       history.push(question);
@@ -164,6 +242,18 @@
       box.focus();
     }
   }
+
+  // Answers rendered by the server (a form post without JavaScript) get feedback controls too.
+  for (const card of transcript.querySelectorAll(".answer[data-question]")) {
+    const ids = card.dataset.passageIds.split(" ").filter(Boolean);
+    card.querySelector(".meta").before(feedbackControls(card.dataset.question, card.dataset.answer, ids));
+  }
+
+  const picker = form.querySelector(".limit");
+  picker?.addEventListener("change", () => {
+    const count = chosenArticles().length;
+    picker.querySelector(".limit-count").textContent = count ? `(${count} chosen)` : "";
+  });
 
   // With JavaScript the empty-question message comes from ask(), in the alert region.
   form.noValidate = true;
