@@ -42,4 +42,6 @@ class Asker(FastHttpUser):
 
     @task
     def ask(self) -> None:
-        self.client.post("/api/answer", json={"question": _next_question(), "top_k": 5})
+        # A bytes body: geventhttpclient then sends headers and body in one write.
+        body = json.dumps({"question": _next_question(), "top_k": 5}).encode()
+        self.client.post("/api/answer", data=body, headers={"content-type": "application/json"})
