@@ -20,11 +20,13 @@ def make_app(**changes: object) -> FastAPI:
     app = FastAPI()
     limits.install(app, Settings().with_(**changes))
 
-    @app.post("/api/answer")
     async def answer(request: Request) -> dict:
         body = await request.body()
         await asyncio.sleep(ANSWER_SECONDS)
         return {"received": len(body)}
+
+    for path in ("/api/answer", "/chat/api/answer", "/"):
+        app.post(path)(answer)
 
     @app.get("/api/health")
     async def health() -> dict:
@@ -33,11 +35,13 @@ def make_app(**changes: object) -> FastAPI:
     return app
 
 
-async def post_all(app: FastAPI, count: int, **request: object) -> list[httpx.Response]:
+async def post_all(
+    app: FastAPI, count: int, path: str = "/api/answer", **request: object
+) -> list[httpx.Response]:
     transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1234))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         return await asyncio.gather(
-            *(client.post("/api/answer", **request) for _ in range(count))  # type: ignore[arg-type]
+            *(client.post(path, **request) for _ in range(count))  # type: ignore[arg-type]
         )
 
 
@@ -87,6 +91,14 @@ def test_the_queue_refuses_at_once_when_slots_and_queue_are_full() -> None:
     [busy] = [r for r in responses if r.status_code == 503]
     assert busy.json() == {"detail": "the server is busy; try again shortly"}
     assert busy.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize("path", ["/api/answer", "/chat/api/answer", "/"])
+def test_every_answering_route_is_queued_and_rate_limited(path: str) -> None:
+    queued = make_app(max_concurrency=1, max_queue=0)
+    assert statuses(asyncio.run(post_all(queued, 2, path, content=b"{}"))) == [200, 503]
+    limited = make_app(rate_limit_per_minute=1)
+    assert statuses(asyncio.run(post_all(limited, 2, path, content=b"{}"))) == [200, 429]
 
 
 def test_a_request_waiting_longer_than_the_queue_timeout_is_refused() -> None:

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rag.settings import Settings
 
 # The routes that run the model: the only ones queued and rate limited.
-ANSWERING_ROUTES = {("POST", "/api/answer"), ("POST", "/")}
+ANSWERING_ROUTES = {("POST", "/api/answer"), ("POST", "/chat/api/answer"), ("POST", "/")}
 _MAX_TRACKED_CLIENTS = 10_000
 
 
