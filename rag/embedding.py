@@ -15,6 +15,7 @@ from rag.settings import DEFAULT_MODEL
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def resolve_model(model: str) -> str:
@@ -48,7 +49,9 @@ class Embedder:
 
     def __init__(self, model: str, onnx_dir: Path | None = None) -> None:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # "Loading weights" is noise on every start
         self.model_name = model
         try:
             self._model = SentenceTransformer(resolve_model(model), device="cpu")

@@ -1,0 +1,226 @@
+"""Answers on the real index: evidence at rank, verbatim quotes, citations, declines, follow-ups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rag.answering import Answer, answer_question, resolve_follow_up
+from rag.cli import cli
+from rag.embedding import Embedder
+from rag.errors import InputError
+from rag.evaluation import contains_any
+from rag.index import Index
+from rag.settings import Settings
+
+ENGINEER_REPORT = "https://blog.9cv9.com/the-2025-ai-engineer-career-report-a-data-driven-analysis/"
+SHORTAGE = "https://blog.9cv9.com/solving-the-ai-talent-shortage-innovative-strategies-for-hiring-ai-experts/"
+
+
+def ask(index: Index, embedder: Embedder, question: str, **kwargs: object) -> Answer:
+    return answer_question(index, embedder, question, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("question", "section", "expected"),
+    [
+        (
+            "What is the median base salary of AI engineers in the US?",
+            "How much does an AI Engineer earn in 2025?",
+            "$160,000",
+        ),
+        ("What is MLOps?", "MLOps", "continuous integration and deployment"),
+        (
+            "What are the main causes of the AI talent shortage?",
+            "talent shortage",
+            "rapid AI adoption",
+        ),
+        ("Which programming languages should an AI engineer learn?", "", "Python"),
+    ],
+)
+def test_questions_find_their_section_and_quote_the_answer(
+    corpus_index: Index, embedder: Embedder, question: str, section: str, expected: str
+) -> None:
+    result = ask(corpus_index, embedder, question)
+    assert result.answered, result.answer
+    assert contains_any(result.answer, (expected,)), result.answer
+    assert section.lower() in result.citations[0].section.lower()
+    assert result.citations[0].highlights
+
+
+def test_every_quoted_sentence_is_in_its_cited_passage(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    for question in (
+        "How much do AI architects earn in San Francisco?",
+        "What does an AI ethics officer earn?",
+        "What certifications help AI architects?",
+    ):
+        result = ask(corpus_index, embedder, question, top_k=7)
+        assert len(result.citations) == 7
+        assert [c.n for c in result.citations] == list(range(1, 8))
+        quoted = []
+        for citation in result.citations:
+            assert citation.url.startswith(("https://blog.9cv9.com/",)) and "#" in citation.url
+            for start, end in citation.highlights:
+                sentence = citation.text[start:end]
+                assert sentence and sentence == sentence.strip()
+                assert f"{sentence} [{citation.n}]" in result.answer
+                quoted.append(sentence)
+        # the answer is nothing but quoted sentences and their markers
+        rebuilt = result.answer
+        for citation in result.citations:
+            for start, end in citation.highlights:
+                rebuilt = rebuilt.replace(f"{citation.text[start:end]} [{citation.n}]", "", 1)
+        assert rebuilt.strip() == "", rebuilt
+        # citations used by the answer come first
+        used = [bool(c.highlights) for c in result.citations]
+        assert used == sorted(used, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How do I bake sourdough bread?",
+        "Who won the football world cup in 2022?",
+        "What is the capital of Peru?",
+        "How much do nurses earn in Norway?",
+    ],
+)
+def test_off_topic_questions_are_declined_with_the_closest_passages(
+    corpus_index: Index, embedder: Embedder, question: str
+) -> None:
+    result = ask(corpus_index, embedder, question)
+    assert not result.answered
+    assert result.answer.startswith("The articles don't")
+    assert len(result.citations) == 5
+    assert all(not c.highlights for c in result.citations)
+
+
+def test_a_follow_up_is_resolved_against_the_earlier_question(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    first = "What skills do AI engineers need?"
+    follow_up = ask(corpus_index, embedder, "what about architects?", history=[first])
+    assert follow_up.answered
+    assert "Architect" in follow_up.answer
+    assert (
+        "architect"
+        in follow_up.citations[0].section.lower() + follow_up.citations[0].article.lower()
+    )
+    alone = ask(corpus_index, embedder, "what about architects?")
+    assert alone.answer != follow_up.answer
+
+
+def test_follow_up_detection() -> None:
+    history = ["How much do AI engineers earn?"]
+    assert resolve_follow_up("and in Europe?", history) == (
+        "How much do AI engineers earn? and in Europe?",
+        "and in Europe?",
+    )
+    full = "Which certifications are worth it for cloud engineers?"
+    assert resolve_follow_up(full, history) == (full, "")
+    assert resolve_follow_up("and in Europe?", []) == ("and in Europe?", "")
+
+
+@pytest.mark.parametrize(("question", "message"), [("   ", "empty"), ("x" * 1001, "longer than")])
+def test_bad_questions_raise(
+    corpus_index: Index, embedder: Embedder, question: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        ask(corpus_index, embedder, question)
+
+
+def test_filters_keep_to_the_chosen_articles(corpus_index: Index, embedder: Embedder) -> None:
+    from rag.retrieval import passage_filter
+
+    allowed = passage_filter(
+        corpus_index,
+        articles=["solving-the-ai-talent-shortage-innovative-strategies-for-hiring-ai-experts"],
+    )
+    result = ask(corpus_index, embedder, "How much do AI engineers earn?", allowed=allowed)
+    assert len(result.citations) == 5
+    assert {c.url.split("#")[0] for c in result.citations} == {SHORTAGE}
+    with pytest.raises(InputError, match="articles: no indexed article"):
+        passage_filter(corpus_index, articles=["no-such-article"])
+
+
+def test_rag_ask_prints_answer_sources_and_json(
+    corpus_settings: Settings, corpus_index: Index
+) -> None:
+    runner = CliRunner()
+    index = ["--index", str(corpus_settings.index_dir)]
+    result = runner.invoke(cli, ["ask", "What is MLOps?", *index])
+    assert result.exit_code == 0, result.output
+    assert "Sources:" in result.output and "[1]" in result.output
+    result = runner.invoke(cli, ["ask", "What is MLOps?", "--json", "--top-k", "3", *index])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert set(body) == {"question", "answered", "answer", "citations", "took_ms"}
+    assert len(body["citations"]) == 3
+    assert set(body["citations"][0]) == {
+        "n",
+        "passage_id",
+        "article",
+        "section",
+        "url",
+        "text",
+        "score",
+        "highlights",
+    }
+
+
+def test_rag_ask_without_an_index_says_to_build_one(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["ask", "What is MLOps?", "--index", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: no index at {tmp_path / 'none'}; run `rag index` to build it"
+    )
+
+
+def test_rag_eval_scores_a_question_set(
+    corpus_settings: Settings, corpus_index: Index, tmp_path
+) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "question": "What is MLOps?",
+                "answerable": True,
+                "evidence": ["MLOps"],
+                "answer_contains": ["MLOps"],
+            }
+        )
+        + "\n"
+        + json.dumps({"id": "b", "question": "How do I bake bread?", "answerable": False})
+        + "\n"
+    )
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(questions),
+            "--compare",
+            "--json",
+            str(out),
+            "--index",
+            str(corpus_settings.index_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())["scores"]
+    assert [s["mode"] for s in scores] == ["bm25", "dense", "hybrid"]
+    hybrid = scores[-1]
+    assert (hybrid["evidence_hit"], hybrid["answer_hit"], hybrid["abstain_accuracy"]) == (
+        1.0,
+        1.0,
+        1.0,
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    result = CliRunner().invoke(cli, ["eval", str(bad), "--index", str(corpus_settings.index_dir)])
+    assert result.exit_code == 1 and "bad.jsonl:1: not a question object" in result.output
