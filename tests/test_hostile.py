@@ -168,21 +168,14 @@ def test_a_1_mb_streamed_body_is_refused_before_it_is_read_whole(
 
 
 DEEP = 20_000
-# web/api.py's JSONErrorRoute re-raises fastapi.HTTPException only; the 400 FastAPI raises for
-# an unparsable body is Starlette's HTTPException, so it becomes a 500. Remove once fixed.
-UNPARSABLE_BODY_IS_500 = pytest.mark.xfail(
-    reason="web/api.py turns Starlette's 400 for an unparsable body into a 500", strict=False
-)
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param('{"question": ' + "[" * DEEP + "]" * DEEP + "}", marks=UNPARSABLE_BODY_IS_500),
-        pytest.param("[" * DEEP, marks=UNPARSABLE_BODY_IS_500),
-        pytest.param(
-            '{"question": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}", marks=UNPARSABLE_BODY_IS_500
-        ),
+        '{"question": ' + "[" * DEEP + "]" * DEEP + "}",
+        "[" * DEEP,
+        '{"question": ' + '{"a": ' * 5000 + "1" + "}" * 5000 + "}",
     ],
     ids=["deep array", "deep unclosed array", "deep object"],
 )
@@ -240,7 +233,7 @@ def test_unicode_questions_get_an_answer_or_a_refusal(
         b'{"question": "\\ud800"}',  # a lone high surrogate
         b'{"question": "What do ML engineers earn? \\udfff"}',  # a lone low surrogate
         b'{"question": "x", "history": ["\\ud83e"]}',
-        pytest.param(b'{"question": "\xff\xfe caf\xe9"}', marks=UNPARSABLE_BODY_IS_500),
+        b'{"question": "\xff\xfe caf\xe9"}',  # not UTF-8
         b"\xef\xbb\xbf" + b'{"question": "What do ML engineers earn?"}',  # a byte order mark
     ],
     ids=["high surrogate", "low surrogate", "surrogate in history", "latin-1 bytes", "BOM"],
