@@ -188,17 +188,10 @@ def eval_command(
 @_fail_cleanly
 def serve_command(host: str, port: int, workers: int) -> None:
     """Serve the chat page and the JSON API with uvicorn."""
-    import uvicorn
+    from web.serve import serve
 
     _settings()  # check the environment's settings before starting workers
-    uvicorn.run(
-        "web.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-    )
+    serve(host, port, workers)
 
 
 def _data_option(command: Any) -> Any:
