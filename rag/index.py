@@ -281,6 +281,10 @@ def read_manifest(index_dir: Path) -> dict:
             f"{manifest.get('format_version') if isinstance(manifest, dict) else '?'}, "
             f"this version reads {FORMAT_VERSION}; run `rag index` to rebuild"
         )
+    if not isinstance(manifest.get("counts"), dict) or not isinstance(manifest.get("model"), str):
+        raise IndexMismatchError(
+            f"the index manifest {path} lacks its counts or model; run `rag index` to rebuild"
+        )
     return manifest
 
 

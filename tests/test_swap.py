@@ -237,22 +237,12 @@ def test_a_damaged_rebuild_never_replaces_the_loaded_index(
         wait_for(lambda: client.get("/api/health").json()["articles"] == 2)
 
 
-# Engine.load catches RagError only: an unexpected exception from load_index (here an
-# AttributeError on a manifest whose counts is a list) fails the start-up, and in the watcher
-# it ends the watch task, so no later rebuild is ever picked up. Remove the marks once fixed.
-ENGINE_LETS_UNEXPECTED_ERRORS_OUT = pytest.mark.xfail(
-    reason="web/app.py Engine.load/watch let non-RagError exceptions escape", strict=False
-)
-
-
-@ENGINE_LETS_UNEXPECTED_ERRORS_OUT
 def test_an_odd_manifest_at_start_up_is_a_503_not_a_crash(built: Settings) -> None:
     edit_manifest(counts=[])(built.index_dir.resolve())
     with TestClient(create_app(built)) as client:
         assert client.get("/api/health").status_code == 503
 
 
-@ENGINE_LETS_UNEXPECTED_ERRORS_OUT
 def test_an_odd_manifest_in_a_rebuild_does_not_stop_later_reloads(
     built: Settings, embedder: Embedder
 ) -> None:

@@ -55,11 +55,19 @@ class Engine:
                 self.settings.model, onnx_dir=self.settings.model_cache_dir
             )
             index = load_index(self.settings, self.embedder)
-        except RagError as exc:
+        except Exception as exc:  # any unusable index must leave the app serving, not crash it
+            reason = (
+                str(exc)
+                if isinstance(exc, RagError)
+                else (
+                    f"the index at {self.settings.index_dir} could not be loaded "
+                    f"({type(exc).__name__}); run `rag index` to rebuild"
+                )
+            )
             self._seen = signature
             if self.index is None:
-                self.error = str(exc)
-            log.error("index not loaded: %s", exc)
+                self.error = reason
+            log.error("index not loaded: %s", reason)
             return False
         self.index, self.error, self._seen = index, None, signature
         log.info("index loaded from %s (%s)", index.path, index.built_at)
@@ -77,7 +85,10 @@ class Engine:
         while True:
             await asyncio.sleep(self.settings.reload_check_seconds)
             if self._signature() != self._seen:
-                await asyncio.to_thread(self.load)
+                try:
+                    await asyncio.to_thread(self.load)
+                except Exception:  # keep watching: the next rebuild may well be good
+                    log.exception("index reload failed")
 
 
 def get_engine(request: Request) -> Engine:
