@@ -65,6 +65,7 @@ class Index:
     bm25: bm25s.BM25
     sentence_bm25: bm25s.BM25
     sentence_vectors: np.ndarray  # one row per sentence of every passage, in order
+    sentence_dense: faiss.Index  # the same rows, searchable
     sentence_start: np.ndarray  # passage i's sentences are rows start[i]:start[i + 1]
     sentence_tokens: tuple[frozenset[str], ...]  # lexical tokens of every sentence, same order
     heading_tokens: tuple[frozenset[str], ...]  # tokens of each passage's title and section path
@@ -170,6 +171,7 @@ def _write(
     if kind == "auto":
         kind = "hnsw" if len(passages) >= settings.hnsw_from_passages else "flat"
     faiss.write_index(dense_index(passage_vectors, kind), str(build / "dense.faiss"))
+    faiss.write_index(dense_index(sentence_vectors, kind), str(build / "sentences.faiss"))
     np.save(build / "sentences.npy", sentence_vectors.astype(np.float16))
     np.save(build / "passage_vectors.npy", passage_vectors)
 
@@ -308,6 +310,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         bm25 = bm25s.BM25.load(str(path / "bm25"))
         sentence_bm25 = bm25s.BM25.load(str(path / "bm25_sentences"))
         sentence_vectors = np.load(path / "sentences.npy").astype(np.float32)
+        sentence_dense = faiss.read_index(str(path / "sentences.faiss"))
         passages = tuple(
             Passage(**{**row, "sentences": tuple(tuple(s) for s in row["sentences"])})
             for row in map(json.loads, (path / "passages.jsonl").read_text("utf-8").splitlines())
@@ -326,6 +329,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         or dense.d != manifest.get("dimension")
         or counts.get("passages") != len(passages)
         or len(sentence_vectors) != starts[-1]
+        or sentence_dense.ntotal != starts[-1]
         or passage_vectors.shape != (len(passages), dense.d)
     ):
         raise IndexMismatchError(
@@ -350,6 +354,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         bm25,
         sentence_bm25,
         sentence_vectors,
+        sentence_dense,
         starts,
         sentence_tokens,
         heading_tokens,

@@ -76,8 +76,7 @@ def retrieve(
     dense = _dense_search(index, query.vector, depth, allowed)
     if mode in ("hybrid", "dense"):
         lists.append(np.fromiter(dense, dtype=np.int64))
-        best_sentence = np.maximum.reduceat(index.sentence_vectors @ query.vector, starts)
-        lists.append(_top(best_sentence, depth, allowed))
+        lists.append(_best_sentence_passages(index, query.vector, depth, allowed))
     if mode in ("hybrid", "bm25") and query.tokens:
         tokens = [*query.tokens, *query.synonyms]
         lists.append(_top(index.bm25.get_scores(tokens), depth, allowed, positive=True))
@@ -107,6 +106,21 @@ def _top(
         scores = np.where(allowed, scores, -np.inf)
     order = np.argsort(-scores, kind="stable")[:depth]
     return order[scores[order] > 0] if positive else order[np.isfinite(scores[order])]
+
+
+def _best_sentence_passages(
+    index: Index, vector: np.ndarray, depth: int, allowed: np.ndarray | None
+) -> np.ndarray:
+    """Passages ordered by their best sentence's similarity, from the sentence FAISS index."""
+    params = None
+    if allowed is not None:
+        rows = np.flatnonzero(np.repeat(allowed, np.diff(index.sentence_start)))
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
+    # Several sentences of one passage may come first: look deeper than `depth`.
+    _, rows = index.sentence_dense.search(vector[None, :], depth * 4, params=params)
+    rows = rows[0][rows[0] >= 0]
+    passages = np.searchsorted(index.sentence_start, rows, side="right") - 1
+    return np.array(list(dict.fromkeys(passages.tolist()))[:depth], dtype=np.int64)
 
 
 def _dense_search(

@@ -35,7 +35,7 @@ class Settings:
     # Which FAISS index to build: exact inner product, HNSW, or HNSW from
     # `hnsw_from_passages` passages on.
     index_kind: str = "auto"
-    hnsw_from_passages: int = 50_000
+    hnsw_from_passages: int = 20_000
     top_k: int = 5
     # Web limits.
     max_body_bytes: int = 65_536
