@@ -22,9 +22,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
     parser.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=5, help="in-process rounds over dev set")
-    parser.add_argument(
-        "--tcp-nodelay", action="store_true", help="serve with the proposed TCP_NODELAY fix"
-    )
     parser.add_argument("--profile", action="store_true", help="profile the in-process answers")
     parser.add_argument("--factors", default="1,10,100,1000", help="scale: passage multipliers")
     args = parser.parse_args()
@@ -40,10 +37,9 @@ def main() -> None:
         tables.append(latency.latency_table(results["latency"]))
     if "http" in parts:
         clients = tuple(int(c) for c in args.clients.split(","))
-        key = "http_tcp_nodelay" if args.tcp_nodelay else "http"
-        results[key] = load.run(args.workers, args.seconds, clients, args.tcp_nodelay)
-        tables.append(load.load_table(results[key]))
-        rss = ", ".join(f"{m['rss_mb']} MB" for m in results[key]["memory"])
+        results["http"] = load.run(args.workers, args.seconds, clients)
+        tables.append(load.load_table(results["http"]))
+        rss = ", ".join(f"{m['rss_mb']} MB" for m in results["http"]["memory"])
         tables.append(f"RSS after the run, per worker: {rss}")
     if "index" in parts:
         results["index"] = indexing.run()

@@ -29,15 +29,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(workers: int, log: Path, nodelay: bool) -> Iterator[tuple[str, psutil.Process]]:
-    """`rag serve` over the repository's index; yields its URL and process once healthy.
-
-    With ``nodelay`` the server runs with the TCP_NODELAY fix of benchmarks/serve_nodelay.py.
-    """
+def served(workers: int, log: Path) -> Iterator[tuple[str, psutil.Process]]:
+    """`rag serve` over the repository's index; yields its URL and process once healthy."""
     port = free_port()
     env = {**os.environ, "RAG_INDEX_DIR": str(ROOT / "index")}
-    rag = [str(BIN / "python"), "-m", "benchmarks.serve_nodelay"] if nodelay else [str(BIN / "rag")]
-    command = [*rag, "serve", "--port", str(port), "--workers", str(workers)]
+    command = [str(BIN / "rag"), "serve", "--port", str(port), "--workers", str(workers)]
     with log.open("w") as output:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
     url = f"http://127.0.0.1:{port}"
@@ -126,12 +122,10 @@ def run_locust(url: str, clients: int, seconds: int, prefix: Path) -> dict:
     }
 
 
-def run(
-    workers: int = 2, seconds: int = 20, clients: tuple[int, ...] = CLIENTS, nodelay: bool = False
-) -> dict:
+def run(workers: int = 2, seconds: int = 20, clients: tuple[int, ...] = CLIENTS) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "serve.log"
-    with tempfile.TemporaryDirectory() as scratch, served(workers, log, nodelay) as (url, server):
+    with tempfile.TemporaryDirectory() as scratch, served(workers, log) as (url, server):
         levels = []
         for n in clients:
             levels.append(run_locust(url, n, seconds, Path(scratch) / f"locust-{n}"))
@@ -140,7 +134,6 @@ def run(
         memory = worker_memory(server)
     return {
         "workers": workers,
-        "tcp_nodelay_fix": nodelay,
         "seconds_per_level": seconds,
         "levels": levels,
         "memory": memory,
@@ -148,9 +141,8 @@ def run(
 
 
 def load_table(results: dict) -> str:
-    fix = " with the TCP_NODELAY fix" if results.get("tcp_nodelay_fix") else ""
     return table(
-        f"HTTP load: rag serve --workers {results['workers']}{fix}, locust closed loop, "
+        f"HTTP load: rag serve --workers {results['workers']}, locust closed loop, "
         f"{results['seconds_per_level']} s a level (latency of accepted answers)",
         ["clients", "answers/s", "p50 ms", "p95 ms", "p99 ms", "503", "429", "other errors"],
         [
