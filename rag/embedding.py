@@ -89,19 +89,6 @@ class Embedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def encode_cached(
-        self, texts: list[str], cache: dict[str, np.ndarray], *, progress: bool = False
-    ) -> np.ndarray:
-        """Encode, reusing vectors from ``cache`` (keyed by model and text) and adding new ones."""
-        keys = [text_key(self.model_name, t) for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in cache}.items())
-        if missing:
-            fresh = self.encode([t for _, t in missing], progress=progress)
-            cache.update({k: v for (k, _), v in zip(missing, fresh, strict=True)})
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.stack([cache[k] for k in keys]).astype(np.float32)
-
 
 def _onnx_session(model: object, onnx_dir: Path) -> object | None:
     """An ONNX Runtime session of the model's transformer, exported once into ``onnx_dir``.

@@ -98,19 +98,19 @@ def build_index(
     started = time.perf_counter()
     articles, files = load_corpus(settings.corpus_dir)
     passages = chunk_articles(articles, settings)
-    embedder = embedder or Embedder(settings.model)
-    cache = _load_cache(settings.index_dir, embedder.model_name)
-    before = len(cache)
-    passage_vectors = embedder.encode_cached(
-        [p.indexed_text for p in passages], cache, progress=progress
-    )
     sentences = [s for p in passages for s in p.sentence_texts()]
-    sentence_vectors = embedder.encode_cached(sentences, cache, progress=progress)
-    embedded = len(cache) - before
+    texts = [p.indexed_text for p in passages] + sentences
+    keys = [text_key(settings.model, t) for t in texts]
+    cache = _load_cache(settings.index_dir)
+    missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cache}
+    if missing:  # the model is loaded only when something is new: warm rebuilds skip it
+        embedder = embedder or Embedder(settings.model)
+        fresh = embedder.encode(list(missing.values()), progress=progress)
+        cache.update(zip(missing, fresh, strict=True))
+    vectors = np.stack([cache[k] for k in keys]).astype(np.float32)
+    passage_vectors, sentence_vectors = vectors[: len(passages)], vectors[len(passages) :]
     # Keep only what this build uses, so the cache does not grow with every edit.
-    used = {text_key(embedder.model_name, t) for p in passages for t in (p.indexed_text,)}
-    used |= {text_key(embedder.model_name, t) for t in sentences}
-    cache = {k: v for k, v in cache.items() if k in used}
+    cache = {k: cache[k] for k in dict.fromkeys(keys)}
 
     root = builds_dir(settings.index_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def build_index(
         _write(
             build,
             settings,
-            embedder,
+            int(vectors.shape[1]),
             articles,
             files,
             passages,
@@ -137,7 +137,7 @@ def build_index(
         sections=sum(len(a.sections) for a in articles),
         passages=len(passages),
         sentences=len(sentences),
-        embedded=embedded,
+        embedded=len(missing),
         seconds=time.perf_counter() - started,
         path=build,
     )
@@ -159,7 +159,7 @@ def dense_index(vectors: np.ndarray, kind: str) -> faiss.Index:
 def _write(
     build: Path,
     settings: Settings,
-    embedder: Embedder,
+    dimension: int,
     articles: list[Article],
     files: list,
     passages: list[Passage],
@@ -211,8 +211,8 @@ def _write(
     (build / "articles.json").write_text(json.dumps([asdict(i) for i in infos], indent=1))
     manifest = {
         "format_version": FORMAT_VERSION,
-        "model": embedder.model_name,
-        "dimension": embedder.dimension,
+        "model": settings.model,
+        "dimension": dimension,
         "index_kind": kind,
         "chunking": {
             "chunk_words": settings.chunk_words,
@@ -257,7 +257,7 @@ def _prune(root: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_cache(index_dir: Path, model: str) -> dict[str, np.ndarray]:
+def _load_cache(index_dir: Path) -> dict[str, np.ndarray]:
     path = index_dir / "embedding_cache.npz"
     try:
         with np.load(path) as stored:
