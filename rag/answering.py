@@ -30,6 +30,10 @@ TYPE_BONUS = 0.08
 _COMPLETE_WORDS = 12
 # A short line with nothing substantive after it is a heading, not an answer.
 LABEL_PENALTY = 0.3
+# A passage that does not name what the question names (its rarer names) loses this much;
+# names held by more than COMMON_NAME_SHARE of passages do not count.
+NAME_PENALTY = 0.15
+COMMON_NAME_SHARE = 0.1
 # How much more a follow-up's own words weigh than the earlier question's.
 FOLLOW_UP_WEIGHT = 3.0
 # Sentences within this margin of the best one join the answer (up to three).
@@ -154,6 +158,7 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
     for token in query.emphasis:  # a follow-up's own words decide what is new in it
         weights[token] *= FOLLOW_UP_WEIGHT
     stressed = frozenset(query.emphasis)
+    names = _distinctive_names(index, question)
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
     wants_figure = bool(_NUMBER_QUESTION.search(lowered))
@@ -165,6 +170,9 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
         count = len(hit.passage.sentences)
         cosines = index.sentence_vectors[first : first + count] @ query.vector
         heading = index.heading_tokens[hit.position]
+        passage_words = heading.union(*index.sentence_tokens[first : first + count])
+        # An answer about Google's exam is no answer to a question about AWS's.
+        off_name = any(name.isdisjoint(passage_words) for name in names)
         for i in range(count):
             row = first + i
             words = index.sentence_tokens[row] | heading
@@ -192,6 +200,8 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
                 score -= TYPE_BONUS if substantive else LABEL_PENALTY
             if stressed and stressed.isdisjoint(words):
                 score -= 2 * TYPE_BONUS  # an answer to the earlier question, not the follow-up
+            if off_name:
+                score -= NAME_PENALTY
             scored.append(_Scored(hit, i, row, score))
     scored.sort(key=lambda s: -s.score)
     best = scored[0]
@@ -231,22 +241,37 @@ def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
     return chosen
 
 
+def _names(question: str) -> list[tuple[str, list[str]]]:
+    """Names in a question — capitalised words past the first, acronyms, figures — with tokens."""
+    words = re.findall(r"[A-Za-z][\w'-]*|\d[\d,.]*", question)
+    found = []
+    for position, word in enumerate(words):
+        named = (word[0].isupper() and position > 0) or word.isupper() or word[0].isdigit()
+        if named and normalise(word) not in STOPWORDS and (tokens := tokenize(word)):
+            found.append((word, tokens))
+    return found
+
+
 def _unknown_names(index: Index, question: str) -> list[str]:
-    """Names in the question (capitalised words, acronyms, figures) that no article mentions.
+    """Names in the question that no article mentions.
 
     A question about "Sweden" cannot be answered from articles that never name
     it, however close the rest of it is to them.
     """
-    words = re.findall(r"[A-Za-z][\w'-]*|\d[\d,.]*", question)
-    unknown = []
-    for position, word in enumerate(words):
-        named = (word[0].isupper() and position > 0) or word.isupper() or word[0].isdigit()
-        if not named or normalise(word) in STOPWORDS:
-            continue
-        tokens = tokenize(word)
-        if tokens and all(t not in index.idf for t in tokens):
-            unknown.append(word)
-    return unknown
+    return [word for word, tokens in _names(question) if all(t not in index.idf for t in tokens)]
+
+
+def _distinctive_names(index: Index, question: str) -> list[frozenset[str]]:
+    """Token sets of the question's names that few passages hold (AWS, Mayo Clinic, Singapore).
+
+    Names found in most passages ("AI") tell nothing apart and are left out.
+    """
+    common = math.log(1 + 1 / COMMON_NAME_SHARE)  # IDF of a token in that share of passages
+    return [
+        frozenset(tokens)
+        for _, tokens in _names(question)
+        if all(t in index.idf for t in tokens) and min(index.idf[t] for t in tokens) > common
+    ]
 
 
 def _cite(hits: list[Hit], chosen: list[_Scored]) -> tuple[tuple[Citation, ...], str]:
