@@ -176,7 +176,14 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
         for i in range(count):
             row = first + i
             words = index.sentence_tokens[row] | heading
-            lexical = sum(w for t, w in weights.items() if not synonyms(t).isdisjoint(words))
+            # The sentence before often names what this one is about ("Legacy systems ...
+            # Effective strategies include ..."): its words count half.
+            before = index.sentence_tokens[row - 1] if i else frozenset()
+            lexical = sum(
+                w if not synonyms(t).isdisjoint(words) else w / 2
+                for t, w in weights.items()
+                if not synonyms(t).isdisjoint(words | before)
+            )
             lexical /= total
             score = float(cosines[i]) + LEXICAL_WEIGHT * lexical + RANK_WEIGHT / (1 + hit.rank)
             text = hit.passage.text[slice(*hit.passage.sentences[i])]

@@ -16,7 +16,10 @@ from rag.tokens import expand, tokenize
 MODES = ("hybrid", "dense", "bm25")
 RRF_K = 60  # the constant of Cormack et al.; damps the weight of the very first ranks
 CANDIDATES = 50  # how deep each ranked list goes into the fusion
-DUPLICATE_COSINE = 0.95  # passages this similar to a better one repeat it and are skipped
+DUPLICATE_COSINE = 0.95
+DENSE_WEIGHT = float(
+    __import__("os").environ.get("DW", "1.0")
+)  # passages this similar to a better one repeat it and are skipped
 
 
 @dataclass(frozen=True)
@@ -73,29 +76,49 @@ def retrieve(
         return []
     starts = index.sentence_start[:-1]
     lists: list[np.ndarray] = []
+    sentence_lists: list[np.ndarray] = []
     dense = _dense_search(index, query.vector, depth, allowed)
     if mode in ("hybrid", "dense"):
         lists.append(np.fromiter(dense, dtype=np.int64))
-        lists.append(_best_sentence_passages(index, query.vector, depth, allowed))
+        sentence_lists.append(_best_sentence_passages(index, query.vector, depth, allowed))
     if mode in ("hybrid", "bm25") and query.tokens:
         tokens = [*query.tokens, *query.synonyms]
         lists.append(_top(index.bm25.get_scores(tokens), depth, allowed, positive=True))
         sentence_scores = index.sentence_bm25.get_scores(tokens)
-        lists.append(_top(np.maximum.reduceat(sentence_scores, starts), depth, allowed, True))
+        best = np.maximum.reduceat(sentence_scores, starts)
+        sentence_lists.append(_top(best, depth, allowed, positive=True))
     fused: dict[int, float] = {}
-    for ranked in lists:
+    for ranked in lists + sentence_lists:
         for rank, position in enumerate(ranked.tolist()):
             fused[position] = fused.get(position, 0.0) + 1.0 / (RRF_K + rank + 1)
-    hits: list[Hit] = []
-    for position in sorted(fused, key=lambda p: (-fused[p], p)):
-        if _repeats(index, position, hits):
-            continue
+    order = sorted(fused, key=lambda p: (-fused[p], p))
+    # Reciprocal rank fusion favours passages every list ranks fairly high over one that a
+    # single list ranks first. The passage of the best sentence by embedding and the one of
+    # the best sentence by BM25 are kept in the top_k all the same: one retriever is often
+    # alone in seeing the one line that answers (a figure in a table row, a paraphrase).
+    heads = list(dict.fromkeys(int(ranked[0]) for ranked in sentence_lists if len(ranked)))
+    heads = heads[: max(0, top_k - 2)]  # a short list keeps the fused best first
+    chosen: list[int] = []
+    for position in order:
+        if len(chosen) + len([h for h in heads if h not in chosen]) >= top_k:
+            break
+        if not _repeats(index, position, chosen):
+            chosen.append(position)
+    for head in heads:
+        if head not in chosen and len(chosen) < top_k and not _repeats(index, head, chosen):
+            chosen.append(head)
+    for position in order:  # fill up when heads were repeats
+        if len(chosen) == top_k:
+            break
+        if position not in chosen and not _repeats(index, position, chosen):
+            chosen.append(position)
+    chosen.sort(key=lambda p: (-fused[p], p))
+    hits = []
+    for rank, position in enumerate(chosen):
         cosine = dense.get(position)
         if cosine is None:
             cosine = float(index.passage_vectors[position] @ query.vector)
-        hits.append(Hit(index.passages[position], position, len(hits), fused[position], cosine))
-        if len(hits) == top_k:
-            break
+        hits.append(Hit(index.passages[position], position, rank, fused[position], cosine))
     return hits
 
 
@@ -134,12 +157,12 @@ def _dense_search(
     return {int(p): float(s) for p, s in zip(positions[0], scores[0], strict=True) if p >= 0}
 
 
-def _repeats(index: Index, position: int, hits: list[Hit]) -> bool:
+def _repeats(index: Index, position: int, chosen: list[int]) -> bool:
     """Whether a passage nearly repeats one already chosen (the articles overlap a lot)."""
-    if not hits:
+    if not chosen:
         return False
-    chosen = index.passage_vectors[[h.position for h in hits]]
-    return bool((chosen @ index.passage_vectors[position]).max() >= DUPLICATE_COSINE)
+    vectors = index.passage_vectors[chosen]
+    return bool((vectors @ index.passage_vectors[position]).max() >= DUPLICATE_COSINE)
 
 
 def passage_filter(
