@@ -109,8 +109,8 @@
     const label = el("label", { for: id, class: "visually-hidden" }, "Comment, sent with your vote (optional)");
     const vote = (name, symbol) =>
       el("button", { type: "button", class: "vote", "aria-label": name, "aria-pressed": "false" }, symbol);
-    const up = vote("Helpful", "👍");
-    const down = vote("Not helpful", "👎");
+    const up = vote("Helpful", "Yes");
+    const down = vote("Not helpful", "No");
     const status = el("p", { class: "feedback-status", role: "status" });
     const group = el(
       "div",
