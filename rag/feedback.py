@@ -6,6 +6,7 @@ import csv
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,12 +336,15 @@ def _connection(settings: Settings) -> sqlite3.Connection:
         raise RagError(f"cannot open the feedback database {path}: {exc}") from None
     try:
         db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA journal_mode = WAL")
+        # One thread at a time sets a new database up: switching it to WAL needs it to
+        # itself, and SQLite reports "locked" at once rather than wait in that case.
+        with _SETUP:
+            _wal(db)
+            _migrate(db, path)
         # In WAL mode NORMAL survives a crash of the process; only a power cut can
         # lose the last few feedbacks, which is worth the fsync saved on each one.
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
-        _migrate(db, path)
         opened[path] = (db, _identity(path))
     except BaseException as exc:
         db.close()
@@ -348,6 +352,21 @@ def _connection(settings: Settings) -> sqlite3.Connection:
             raise RagError(f"the feedback database {path} is unusable: {exc}") from None
         raise
     return db
+
+
+_SETUP = threading.Lock()
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying while another process holds the new database (first use)."""
+    for attempt in range(100):
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
