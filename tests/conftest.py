@@ -7,8 +7,13 @@ temporary folders; nothing depends on files left by an earlier run.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +21,9 @@ from fastapi.testclient import TestClient
 from rag.embedding import Embedder
 from rag.index import Index, build_index, load_index
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
@@ -64,3 +72,68 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
 
     with TestClient(create_app(app_settings)) as test_client:
         yield test_client
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's Chromium; never `playwright install`
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def served(settings: Settings) -> Iterator[str]:
+    """The real app under a real uvicorn in a thread on a free port; yields its URL once healthy."""
+    import httpx
+    import uvicorn
+
+    from web.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the app did not become healthy within 120 s")
+        time.sleep(0.25)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[[Settings], AbstractContextManager[str]]:
+    """`served`, for test modules: ``with serve(settings) as url: ...``."""
+    return served
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Debian Chromium for every browser test."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
-import httpx
 import pytest
-import uvicorn
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from rag.feedback import export_feedback
 from rag.index import Index
 from rag.keys import create_key, keys_file
 from rag.settings import Settings
-from web.app import create_app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SALARY = "How much do AI engineers earn in the US?"
 
 
@@ -42,43 +34,12 @@ def settings(
 
 
 @pytest.fixture(scope="module")
-def base_url(settings: Settings) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while not _healthy(url):
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the app did not become healthy within 120 s")
-        time.sleep(0.25)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+def base_url(
+    settings: Settings, serve: Callable[[Settings], AbstractContextManager[str]]
+) -> Iterator[str]:
+    with serve(settings) as url:
+        yield url
     keys_file(settings).unlink(missing_ok=True)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture()
