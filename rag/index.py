@@ -167,11 +167,18 @@ def _write(
     sentence_vectors: np.ndarray,
     cache: dict[str, np.ndarray],
 ) -> None:
-    kind = settings.index_kind
-    if kind == "auto":
-        kind = "hnsw" if len(passages) >= settings.hnsw_from_passages else "flat"
-    faiss.write_index(dense_index(passage_vectors, kind), str(build / "dense.faiss"))
-    faiss.write_index(dense_index(sentence_vectors, kind), str(build / "sentences.faiss"))
+    # Each index picks its kind by its own size: there are ~6 sentences a passage, so the
+    # sentence index needs HNSW long before the passage index does.
+    kinds = {
+        name: settings.index_kind
+        if settings.index_kind != "auto"
+        else ("hnsw" if len(vectors) >= settings.hnsw_from_vectors else "flat")
+        for name, vectors in (("passages", passage_vectors), ("sentences", sentence_vectors))
+    }
+    faiss.write_index(dense_index(passage_vectors, kinds["passages"]), str(build / "dense.faiss"))
+    faiss.write_index(
+        dense_index(sentence_vectors, kinds["sentences"]), str(build / "sentences.faiss")
+    )
     np.save(build / "sentences.npy", sentence_vectors.astype(np.float16))
     np.save(build / "passage_vectors.npy", passage_vectors)
 
@@ -213,7 +220,7 @@ def _write(
         "format_version": FORMAT_VERSION,
         "model": settings.model,
         "dimension": dimension,
-        "index_kind": kind,
+        "index_kind": kinds,
         "chunking": {
             "chunk_words": settings.chunk_words,
             "chunk_max_words": settings.chunk_max_words,

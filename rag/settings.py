@@ -32,10 +32,11 @@ class Settings:
     chunk_words: int = 160
     chunk_max_words: int = 200
     chunk_overlap_sentences: int = 1
-    # Which FAISS index to build: exact inner product, HNSW, or HNSW from
-    # `hnsw_from_passages` passages on.
+    # Which FAISS index to build: exact inner product ("flat"), "hnsw", or "auto":
+    # HNSW for an index (passages or sentences) of `hnsw_from_vectors` vectors or more:
+    # there a flat search costs ~3 ms a question on one core (benchmarks/README.md).
     index_kind: str = "auto"
-    hnsw_from_passages: int = 20_000
+    hnsw_from_vectors: int = 20_000
     top_k: int = 5
     # Web limits.
     max_body_bytes: int = 65_536
