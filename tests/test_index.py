@@ -195,3 +195,21 @@ def test_the_real_index_loads(corpus_index: Index) -> None:
     counts = corpus_index.manifest["counts"]
     assert counts["articles"] == 6 and counts["passages"] == len(corpus_index.passages)
     assert corpus_index.dense.ntotal == counts["passages"]
+
+
+def test_an_hnsw_index_answers_and_filters_like_a_flat_one(
+    tiny_settings: Settings, embedder: Embedder
+) -> None:
+    from rag.retrieval import passage_filter
+
+    tiny_corpus(tiny_settings)
+    settings = tiny_settings.with_(index_kind="hnsw")
+    build_index(settings, embedder)
+    index = load_index(settings, embedder)
+    assert index.manifest["index_kind"] == {"passages": "hnsw", "sentences": "hnsw"}
+    question = "How much are robot engineers paid in Norway?"
+    query = make_query(question, embedder.encode([question])[0])
+    assert retrieve(index, query, 2)[0].passage.article_url == "https://example.org/robotics-pay/"
+    allowed = passage_filter(index, articles=["gardening"])
+    hits = retrieve(index, query, 2, allowed=allowed)
+    assert [h.passage.article_url for h in hits] == ["https://example.org/gardening/"]
