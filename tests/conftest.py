@@ -124,9 +124,13 @@ def serve() -> Callable[[Settings], AbstractContextManager[str]]:
     return served
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Debian Chromium for every browser test."""
+    """A headless Debian Chromium for a module's browser tests.
+
+    Module-scoped on purpose: Playwright's sync API keeps an event loop running
+    in the main thread while it is open, and later tests call ``asyncio.run``.
+    """
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
