@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import lxml.etree as etree
 
 from rag.embedding import Embedder
 from rag.errors import CorpusError, IndexMismatchError
+from rag.files import write_atomically
 from rag.index import ArticleInfo, BuildSummary, build_index, read_manifest
 from rag.ingest import CORPUS_SUFFIXES, FEED_SUFFIXES, Article, read_articles
 from rag.settings import Settings
@@ -36,7 +35,7 @@ class CorpusChange:
             if content is None:
                 path.unlink(missing_ok=True)
             else:
-                _write_atomically(path, content)
+                write_atomically(path, content)
 
 
 def add_to_corpus(settings: Settings, paths: Sequence[Path]) -> CorpusChange:
@@ -193,27 +192,10 @@ def _apply(change: CorpusChange, contents: dict[Path, bytes | None]) -> None:
             if content is None:
                 path.unlink()
             else:
-                _write_atomically(path, content)
+                write_atomically(path, content)
     except OSError as exc:
         change.undo()
         raise CorpusError(f"cannot change {path} ({exc.strerror}); nothing was changed") from None
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    # The temporary name ends in .part, which the corpus reader ignores.
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".part", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -6,10 +6,8 @@ import fcntl
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rag.errors import InputError, RagError
+from rag.files import write_atomically
 from rag.settings import Settings
 
 KEYS_FILE = "keys.json"
@@ -150,14 +149,4 @@ def _locked(settings: Settings) -> Iterator[list[dict[str, str]]]:
 
 
 def _write(path: Path, content: dict) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            json.dump(content, out, indent=1)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, json.dumps(content, indent=1).encode(), mode=0o600)
