@@ -57,7 +57,11 @@ _NUMBER_QUESTION = re.compile(
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
 _QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
-_HAS_FIGURE = re.compile(r"\d")
+_TIME_QUESTION = re.compile(r"\b(when|what year|by when|since when)\b")
+# A figure is an amount, a share or a count; a bare year ("In 2025, ...") is not, unless
+# the question asks when.
+_HAS_FIGURE = re.compile(r"[$%€£]|\b(?!(?:19|20)\d\d\b)\d")
+_HAS_NUMBER = re.compile(r"\d")
 _DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed to)\b")
 
 
@@ -166,6 +170,7 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
     wants_figure = bool(_NUMBER_QUESTION.search(lowered))
+    figure = _HAS_NUMBER if _TIME_QUESTION.search(lowered) else _HAS_FIGURE
     wants_definition = bool(_DEFINITION_QUESTION.search(lowered))
     subject = frozenset(query.tokens) - _QUESTION_VERBS if wants_definition else frozenset()
     scored: list[_Scored] = []
@@ -192,7 +197,7 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
             score = float(cosines[i]) + LEXICAL_WEIGHT * lexical + RANK_WEIGHT / (1 + hit.rank)
             text = hit.passage.text[slice(*hit.passage.sentences[i])]
             if wants_figure:
-                score += TYPE_BONUS if _HAS_FIGURE.search(text) else -TYPE_BONUS
+                score += TYPE_BONUS if figure.search(text) else -TYPE_BONUS
             elif wants_definition:
                 # "What is sustainable AI?" is answered by the line that starts with
                 # "Sustainable AI" (or the definition after that label).
