@@ -16,10 +16,7 @@ from rag.tokens import expand, tokenize
 MODES = ("hybrid", "dense", "bm25")
 RRF_K = 60  # the constant of Cormack et al.; damps the weight of the very first ranks
 CANDIDATES = 50  # how deep each ranked list goes into the fusion
-DUPLICATE_COSINE = 0.95
-DENSE_WEIGHT = float(
-    __import__("os").environ.get("DW", "1.0")
-)  # passages this similar to a better one repeat it and are skipped
+DUPLICATE_COSINE = 0.95  # passages this similar to a better one repeat it and are skipped
 
 
 @dataclass(frozen=True)
