@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from rag.tokens import STOPWORDS, normalise, synonyms, tokenize
 
 MAX_QUESTION_CHARS = 1000
 MAX_ANSWER_SENTENCES = 3
-DECLINED = "The articles don't cover this question. The closest passages are listed below."
+CLOSEST = "The closest passages are listed below."
+DECLINED = f"The articles don't cover this question. {CLOSEST}"
 
 # Sentence score = cosine(question, sentence) + LEXICAL_WEIGHT * share of the question's
 # IDF mass found in the sentence or its heading + RANK_WEIGHT / (1 + passage rank)
@@ -52,16 +53,56 @@ ABSTAIN_BELOW = 0.45
 
 _NUMBER_QUESTION = re.compile(
     r"\b(how (much|many|long|often)|salar(y|ies)|earn|pay|paid|percent|percentage|rate|"
-    r"cost|price|median|average|number of|by when|what year|when)\b"
+    r"cost|costs|fee|fees|price|tuition|score|median|average|number of|by when|what year|when)\b"
+)
+# Questions that only a figure answers: a sentence without one is no answer to them, however
+# close its words are ("How much does the exam cost?" answered by "The exam is advanced").
+_FIGURE_ONLY_QUESTION = re.compile(
+    r"\b(how (much|many|long)|salar(y|ies)|earn|paid|cost|costs|fee|fees|price|tuition|"
+    r"pass(ing)? (mark|score|rate)|median|what year|by when|percent|percentage|what share|"
+    r"what proportion)\b"
 )
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
 _QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
 _TIME_QUESTION = re.compile(r"\b(when|what year|by when|since when)\b")
-# A figure is an amount, a share or a count; a bare year ("In 2025, ...") is not, unless
-# the question asks when.
-_HAS_FIGURE = re.compile(r"[$%€£]|\b(?!(?:19|20)\d\d\b)\d")
-_HAS_NUMBER = re.compile(r"\d")
+_SHARE_QUESTION = re.compile(r"\b(percent|percentage|what share|what proportion)\b|%")
+# A figure is an amount, a share or a count. Digits inside a code ("AI-102", "MLS-C01",
+# "A100") are no figure, nor is a bare year ("In 2025, ...") unless the question asks when.
+_HAS_FIGURE = re.compile(r"[$%€£]|(?<![\w-])(?!(?:19|20)\d\d\b)\d")
+_HAS_NUMBER = re.compile(r"(?<![\w-])\d")
+_HAS_SHARE = re.compile(r"%|\bpercent")
+# Pay and prices are amounts of money, unless the question compares them ("how much more").
+_MONEY_QUESTION = re.compile(
+    r"\b(salar(y|ies)|earn(s|ing)?|paid|pay|cost(s)?|fees?|tuition|price|compensation|wages?)\b"
+    r"|\bhow much (do|does|did|can|could|would|will)\b.*\bmake\b"
+)
+# A duration is a number and a unit of time ("two hours", "4 to 6 years").
+_DURATION_QUESTION = re.compile(r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b")
+_HAS_DURATION = re.compile(
+    r"(?=.*\b(minutes?|hours?|days?|weeks?|months?|years?)\b)"
+    r".*((?<![\w-])\d|\b(a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve)\b)",
+    re.IGNORECASE,
+)
+_COMPARING = re.compile(
+    r"\b(more|less|than|premium|compared?|vs|versus|increase[sd]?|grow(th)?|rise|gap|differ)"
+)
+_HAS_MONEY = re.compile(
+    r"[$€£₹¥]|\b(usd|eur|gbp|inr|aed|sgd|cad|aud|dollars?|euros?|pounds?|rupees?|lakhs?)\b"
+    r"|\d\s?k\b",
+    re.IGNORECASE,
+)
+# Written out, a count or share still answers ("valid for two years", "half of them"), though
+# a sentence with digits is preferred; "one" is left out: it is as often a pronoun.
+_NUMBER_WORD = re.compile(
+    r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|"
+    r"forty|fifty|hundred|thousand|million|billion|dozen|half|twice|double|triple|"
+    r"a third|a quarter|one in \w+)\b"
+)
+_ROLE = re.compile(
+    r"\b([a-z][\w+#-]*)\s+(engineer|architect|scientist|manager|developer|specialist|analyst|"
+    r"researcher|consultant|designer|lead|officer)s?\b"
+)
 _DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed to)\b")
 
 
@@ -130,16 +171,34 @@ def answer_question(
         vector = vector / np.linalg.norm(vector)
     query = make_query(search_text, vector, emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
-    chosen = _choose_sentences(index, query, hits, question)
+    kinds = _role_kinds(index, question)
+    if kinds:
+        hits = _with_role(index, query, hits, kinds, top_k=top_k, mode=mode, allowed=allowed)
+    chosen = _choose_sentences(index, query, hits, question, kinds)
     unknown = _unknown_names(index, question)
-    answered = bool(chosen) and chosen[0].score >= ABSTAIN_BELOW and not unknown
+    no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in chosen])
+    # A question about prompt engineers is not answered by quotes about other engineers,
+    # nor one about South Korea by a passage that never names it (short names such as
+    # "US" are left out: the articles write them in too many ways).
+    off_role = bool(kinds) and not kinds <= _sentence_words(index, chosen[0])
+    off_name = bool(chosen) and any(
+        min(map(len, name)) > 2 and name.isdisjoint(_passage_words(index, chosen[0].hit.position))
+        for name in _distinctive_names(index, question)
+    )
+    answered = (
+        bool(chosen)
+        and chosen[0].score >= ABSTAIN_BELOW
+        and not (unknown or no_figure or off_role or off_name)
+    )
     if not answered:
         chosen = []
     citations, text = _cite(hits, chosen)
     if not answered:
         text = DECLINED
         if unknown:
-            text = f"The articles don't mention {', '.join(unknown)}. " + DECLINED.split(". ")[1]
+            text = f"The articles don't mention {', '.join(unknown)}. {CLOSEST}"
+        elif no_figure:
+            text = f"The articles don't give that figure. {CLOSEST}"
     took_ms = (time.perf_counter() - started) * 1000
     return Answer(question, answered, text, citations, round(took_ms, 2))
 
@@ -158,7 +217,49 @@ def resolve_follow_up(question: str, history: tuple[str, ...] | list[str]) -> tu
     return question, ""
 
 
-def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str) -> list[_Scored]:
+def _with_role(
+    index: Index,
+    query: Query,
+    hits: list[Hit],
+    kinds: frozenset[str],
+    *,
+    top_k: int,
+    mode: str,
+    allowed: np.ndarray | None,
+) -> list[Hit]:
+    """The hits, with the best passage that names the asked-about role when none does.
+
+    "What does a network architect do?" ranks passages about architects in general
+    first; the one table row about network architects must be among them.
+    """
+    if any(kinds <= _passage_words(index, hit.position) for hit in hits):
+        return hits
+    mask = np.array([kinds <= _passage_words(index, p) for p in range(len(index.passages))])
+    if allowed is not None:
+        mask &= allowed
+    extra = retrieve(index, query, 1, mode=mode, allowed=mask) if mask.any() else []
+    if not extra:
+        return hits
+    kept = hits[: top_k - 1]
+    return [*kept, replace(extra[0], rank=len(kept))]
+
+
+def _passage_words(index: Index, position: int) -> frozenset[str]:
+    first, end = int(index.sentence_start[position]), int(index.sentence_start[position + 1])
+    return index.heading_tokens[position].union(*index.sentence_tokens[first:end])
+
+
+def _sentence_words(index: Index, scored: _Scored) -> frozenset[str]:
+    return index.sentence_tokens[scored.row] | index.heading_tokens[scored.hit.position]
+
+
+def _choose_sentences(
+    index: Index,
+    query: Query,
+    hits: list[Hit],
+    question: str,
+    kinds: frozenset[str] = frozenset(),
+) -> list[_Scored]:
     if not hits:
         return []
     rare = math.log(1 + len(index.passages))  # the IDF of a token no passage holds
@@ -169,8 +270,8 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
     names = _distinctive_names(index, question)
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
-    wants_figure = bool(_NUMBER_QUESTION.search(lowered))
-    figure = _HAS_NUMBER if _TIME_QUESTION.search(lowered) else _HAS_FIGURE
+    wants_figure = bool(_NUMBER_QUESTION.search(normalise(query.text)))
+    figure = _figure_pattern(query.text)
     wants_definition = bool(_DEFINITION_QUESTION.search(lowered))
     subject = frozenset(query.tokens) - _QUESTION_VERBS if wants_definition else frozenset()
     scored: list[_Scored] = []
@@ -216,6 +317,8 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
                 score -= TYPE_BONUS if substantive else LABEL_PENALTY
             if stressed and stressed.isdisjoint(words):
                 score -= 2 * TYPE_BONUS  # an answer to the earlier question, not the follow-up
+            if kinds and not kinds <= words:
+                score -= NAME_PENALTY  # about AI engineers, asked about prompt engineers
             if off_name:
                 score -= NAME_PENALTY
             scored.append(_Scored(hit, i, row, score))
@@ -230,6 +333,43 @@ def _choose_sentences(index: Index, query: Query, hits: list[Hit], question: str
             continue  # the same sentence again, from an overlapping or repeated passage
         chosen.extend(_with_continuation(index, candidate)[: MAX_ANSWER_SENTENCES - len(chosen)])
     return chosen
+
+
+def _figure_pattern(question: str) -> re.Pattern[str]:
+    """What a figure looks like for this question: a share, money, a time, or any amount."""
+    lowered = normalise(question)
+    if _SHARE_QUESTION.search(lowered):
+        return _HAS_SHARE
+    if _MONEY_QUESTION.search(lowered) and not _COMPARING.search(lowered):
+        return _HAS_MONEY
+    return _HAS_NUMBER if _TIME_QUESTION.search(lowered) else _HAS_FIGURE
+
+
+def _lacks_figure(question: str, quoted: list[str]) -> bool:
+    """Whether a question only a figure answers got quotes without one.
+
+    >>> _lacks_figure("How much does the exam cost?", ["The exam is advanced."])
+    True
+    >>> _lacks_figure("How long is the exam?", ["It lasts two hours."])
+    False
+    """
+    if not _FIGURE_ONLY_QUESTION.search(normalise(question)):
+        return False
+    lowered = normalise(question)
+    if _DURATION_QUESTION.search(lowered):
+        if any(_HAS_DURATION.search(text) for text in quoted):
+            return False
+        # "How long is it and what's the fee?" is answered by the fee alone, too.
+        lowered = _DURATION_QUESTION.sub(" ", lowered)
+        if not _FIGURE_ONLY_QUESTION.search(lowered):
+            return True
+    figure = _figure_pattern(lowered)
+    return not any(figure.search(text) or _NUMBER_WORD.search(text) for text in quoted)
+
+
+def _text(scored: _Scored) -> str:
+    passage = scored.hit.passage
+    return passage.text[slice(*passage.sentences[scored.sentence])]
 
 
 def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
@@ -288,6 +428,28 @@ def _distinctive_names(index: Index, question: str) -> list[frozenset[str]]:
         for _, tokens in _names(question)
         if all(t in index.idf for t in tokens) and min(index.idf[t] for t in tokens) > common
     ]
+
+
+def _role_kinds(index: Index, question: str) -> frozenset[str]:
+    """The words that tell the roles a question asks about from the rest ("prompt", "network").
+
+    The word before a role noun ("prompt engineer", "network architect") counts when the
+    articles use the two together and the word is not in most passages ("AI", "ML"): an
+    answer about AI engineers is no answer to a question about prompt engineers.
+    """
+    common = math.log(1 + 1 / COMMON_NAME_SHARE)
+    found = set()
+    for match in _ROLE.finditer(normalise(question)):
+        head = tokenize(match.group(2))
+        kind = tokenize(match.group(1))
+        if not head or not kind:
+            continue
+        word = kind[-1]
+        if index.idf.get(word, 0) > common and any(
+            word in tokens and head[0] in tokens for tokens in index.sentence_tokens
+        ):
+            found.add(word)
+    return frozenset(found)
 
 
 def _cite(hits: list[Hit], chosen: list[_Scored]) -> tuple[tuple[Citation, ...], str]:
