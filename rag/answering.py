@@ -59,8 +59,8 @@ _NUMBER_QUESTION = re.compile(
 # close its words are ("How much does the exam cost?" answered by "The exam is advanced").
 _FIGURE_ONLY_QUESTION = re.compile(
     r"\b(how (much|many|long)|salar(y|ies)|earn|paid|cost|costs|fee|fees|price|tuition|"
-    r"pass(ing)? (mark|score|rate)|median|what year|by when|percent|percentage|what share|"
-    r"what proportion)\b"
+    r"pass(ing)? (mark|score|rate)|(what|which) score|median|what year|by when|percent|"
+    r"percentage|what share|what proportion)\b"
 )
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")

@@ -99,6 +99,39 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
     assert all(not c.highlights for c in result.citations)
 
 
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How much is the exam fee for the CertNexus CAIP?",  # no fee is given
+        "How long is the TensorFlow developer certificate valid?",  # no validity is given
+        "What score do you need to pass the IBM AI Engineering certificate?",
+        "What is the salary of a prompt engineer in the US?",  # named, never paid
+    ],
+)
+def test_near_misses_are_declined(corpus_index: Index, embedder: Embedder, question: str) -> None:
+    """On topic, but asking for a figure or a role the articles never give: no nearby quote."""
+    result = ask(corpus_index, embedder, question)
+    assert not result.answered, result.answer
+    assert result.answer.startswith("The articles don't")
+    assert len(result.citations) == 5
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("How much does the Google machine learning exam cost?", "$200"),
+        ("How many weeks does the MIT Sloan AI course take?", "6 weeks"),
+        ("What does a network architect focus on compared with an AI architect?", "connectivity"),
+    ],
+)
+def test_figure_and_role_questions_quote_the_figure_or_role(
+    corpus_index: Index, embedder: Embedder, question: str, expected: str
+) -> None:
+    result = ask(corpus_index, embedder, question)
+    assert result.answered, result.answer
+    assert contains_any(result.answer, (expected,)), result.answer
+
+
 def test_a_follow_up_is_resolved_against_the_earlier_question(
     corpus_index: Index, embedder: Embedder
 ) -> None:
