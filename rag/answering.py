@@ -13,7 +13,7 @@ from rag.embedding import Embedder
 from rag.errors import InputError
 from rag.index import Index
 from rag.retrieval import Hit, Query, make_query, retrieve
-from rag.tokens import STOPWORDS, normalise, synonyms, tokenize
+from rag.tokens import STOPWORDS, correct_spelling, normalise, synonyms, tokenize
 
 MAX_QUESTION_CHARS = 1000
 MAX_ANSWER_SENTENCES = 3
@@ -164,6 +164,10 @@ def answer_question(
         raise InputError("the question is empty; type a question about AI careers")
     if len(question) > MAX_QUESTION_CHARS:
         raise InputError(f"the question is longer than {MAX_QUESTION_CHARS} characters")
+    asked = question
+    # Misspelled words are searched as the articles spell them ("salry" -> "salary").
+    question = correct_spelling(question, index.words, index.word_choices)
+    history = [correct_spelling(h, index.words, index.word_choices) for h in history]
     search_text, emphasis = resolve_follow_up(question, history)
     vector = embedder.encode_query(search_text)
     if emphasis:  # lean the search towards what the follow-up adds
@@ -200,7 +204,7 @@ def answer_question(
         elif no_figure:
             text = f"The articles don't give that figure. {CLOSEST}"
     took_ms = (time.perf_counter() - started) * 1000
-    return Answer(question, answered, text, citations, round(took_ms, 2))
+    return Answer(asked, answered, text, citations, round(took_ms, 2))
 
 
 def resolve_follow_up(question: str, history: tuple[str, ...] | list[str]) -> tuple[str, str]:
@@ -283,12 +287,16 @@ def _choose_sentences(
         passage_words = heading.union(*index.sentence_tokens[first : first + count])
         # An answer about Google's exam is no answer to a question about AWS's.
         off_name = any(name.isdisjoint(passage_words) for name in names)
+        introduction: frozenset[str] = frozenset()
         for i in range(count):
             row = first + i
             words = index.sentence_tokens[row] | heading
             # The sentence before often names what this one is about ("Legacy systems ...
-            # Effective strategies include ..."): its words count half.
-            before = index.sentence_tokens[row - 1] if i else frozenset()
+            # Effective strategies include ..."), and a list's introduction ("Average
+            # salaries by market are as follows:") what every item is: their words count half.
+            before = (index.sentence_tokens[row - 1] if i else frozenset()) | introduction
+            if hit.passage.text[hit.passage.sentences[i][1] - 1] == ":":
+                introduction = index.sentence_tokens[row]
             lexical = sum(
                 w if not synonyms(t).isdisjoint(words) else w / 2
                 for t, w in weights.items()
@@ -309,7 +317,7 @@ def _choose_sentences(
                     score += TYPE_BONUS / 2
             if text.endswith("?"):
                 score -= TYPE_BONUS  # a question in the text (FAQ) answers nothing itself
-            elif len(text.split()) < _COMPLETE_WORDS / 2:
+            elif _is_label(text):
                 # A label answers only through the line after it ("Sustainable AI:" and its
                 # definition); a label followed by another label is a list of headings.
                 after = hit.passage.sentences[i + 1] if i + 1 < count else None
@@ -331,7 +339,10 @@ def _choose_sentences(
         vectors = index.sentence_vectors[[c.row for c in chosen]]
         if (vectors @ index.sentence_vectors[candidate.row]).max() > 0.9:
             continue  # the same sentence again, from an overlapping or repeated passage
-        chosen.extend(_with_continuation(index, candidate)[: MAX_ANSWER_SENTENCES - len(chosen)])
+        group = _with_continuation(index, candidate)
+        if len(group) > 1 and len(group) > MAX_ANSWER_SENTENCES - len(chosen):
+            continue  # a label without the lines that complete it answers nothing
+        chosen.extend(group)
     return chosen
 
 
@@ -376,17 +387,26 @@ def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
     """A sentence, followed by what completes it when it only introduces an answer.
 
     Labels ("Sustainable AI:"), list headers and short headings match a question
-    well but answer nothing alone; the answer is in the lines after them.
+    well but answer nothing alone; the answer is in the lines after them: a
+    label takes as many as the answer holds, a short sentence enough to make
+    a complete one. A short line with a figure ("Europe: $95,000–$130,000
+    annually") is complete.
     """
     chosen = [lead]
     passage = lead.hit.passage
-    words = len(passage.text[slice(*passage.sentences[lead.sentence])].split())
+    text = passage.text[slice(*passage.sentences[lead.sentence])]
+    if _HAS_NUMBER.search(text) and not text.endswith(":"):
+        return chosen
+    label = _is_label(text)
+    words = len(text.split())
     following = lead.sentence + 1
     while (
         following < len(passage.sentences)
         and len(chosen) < MAX_ANSWER_SENTENCES
         and (
-            words < _COMPLETE_WORDS or passage.text[passage.sentences[following - 1][1] - 1] == ":"
+            label
+            or words < _COMPLETE_WORDS
+            or passage.text[passage.sentences[following - 1][1] - 1] == ":"
         )
     ):
         chosen.append(
@@ -395,6 +415,11 @@ def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
         words += len(passage.text[slice(*passage.sentences[following])].split())
         following += 1
     return chosen
+
+
+def _is_label(text: str) -> bool:
+    """A heading-like line ("System Performance Metrics", "Sustainable AI:"): short, no figure."""
+    return len(text.split()) < _COMPLETE_WORDS / 2 and not _HAS_NUMBER.search(text)
 
 
 def _names(question: str) -> list[tuple[str, list[str]]]:

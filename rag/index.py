@@ -21,7 +21,7 @@ from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
 from rag.ingest import Article, load_corpus
 from rag.settings import Settings
-from rag.tokens import tokenize
+from rag.tokens import tokenize, vocabulary
 
 FORMAT_VERSION = 2  # 2: sentences get their own FAISS index
 MANIFEST = "manifest.json"
@@ -71,6 +71,8 @@ class Index:
     heading_tokens: tuple[frozenset[str], ...]  # tokens of each passage's title and section path
     idf: dict[str, float]  # inverse document frequency of each token over passages
     path: Path
+    words: frozenset[str] = frozenset()  # lower-case words of the passages, for spelling
+    word_choices: tuple[str, ...] = ()  # the same, sorted, for fuzzy matching
 
     @property
     def model(self) -> str:
@@ -352,6 +354,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         for token in set(tokenize(p.indexed_text)):
             document_frequency[token] = document_frequency.get(token, 0) + 1
     idf = {t: math.log(1 + len(passages) / df) for t, df in document_frequency.items()}
+    words = vocabulary([p.indexed_text for p in passages])
     return Index(
         manifest,
         passages,
@@ -367,4 +370,6 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         heading_tokens,
         idf,
         path,
+        words,
+        tuple(sorted(words)),
     )

@@ -7,6 +7,7 @@ import unicodedata
 from functools import cache
 
 import Stemmer
+from rapidfuzz import fuzz, process
 
 # Numbers keep their decimal point and lose thousands separators ("$160,000" -> "160000");
 # "27x" and "5+" stay whole; words keep inner + # . - only where they make a name (C++, C#).
@@ -88,3 +89,44 @@ def expand(tokens: list[str] | tuple[str, ...]) -> list[str]:
     present = set(tokens)
     extra = {s for t in tokens for s in synonyms(t)} - present
     return sorted(extra)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+# A word is corrected only when it is this long, unknown to the articles, and this similar
+# (InDel ratio, 0-100) to a word they use with the same first letter: "salry" -> "salary",
+# "interveiw" -> "interview", "engeneer" -> "engineer". Names the articles never mention
+# ("Sweden", "Nigeria") have no such neighbour and stay as they are.
+SPELLING_MIN_LETTERS = 5
+SPELLING_MIN_RATIO = 85
+
+
+def vocabulary(texts: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The lower-case words of some texts: what spelling correction may correct towards."""
+    return frozenset(w.lower() for text in texts for w in _WORD.findall(text))
+
+
+def correct_spelling(text: str, known: frozenset[str], choices: tuple[str, ...]) -> str:
+    """The text with misspelled words replaced by the closest word of the articles.
+
+    >>> known = frozenset({"salary", "engineer", "europe"})
+    >>> correct_spelling("Engeneer salry in Europe, Sweden", known, tuple(sorted(known)))
+    'Engineer salary in Europe, Sweden'
+    """
+
+    def fix(match: re.Match[str]) -> str:
+        word = match.group()
+        lowered = word.lower()
+        if len(word) < SPELLING_MIN_LETTERS or lowered in known:
+            return word
+        found = process.extractOne(
+            lowered,
+            choices,
+            scorer=fuzz.ratio,
+            score_cutoff=SPELLING_MIN_RATIO,
+            processor=None,
+        )
+        if found is None or found[0][0] != lowered[0]:
+            return word
+        return found[0].capitalize() if word[0].isupper() else found[0]
+
+    return _WORD.sub(fix, text)

@@ -14,6 +14,7 @@ from rag.errors import InputError
 from rag.evaluation import contains_any
 from rag.index import Index
 from rag.settings import Settings
+from rag.tokens import correct_spelling
 
 ENGINEER_REPORT = "https://blog.9cv9.com/the-2025-ai-engineer-career-report-a-data-driven-analysis/"
 SHORTAGE = "https://blog.9cv9.com/solving-the-ai-talent-shortage-innovative-strategies-for-hiring-ai-experts/"
@@ -130,6 +131,26 @@ def test_figure_and_role_questions_quote_the_figure_or_role(
     result = ask(corpus_index, embedder, question)
     assert result.answered, result.answer
     assert contains_any(result.answer, (expected,)), result.answer
+
+
+def test_misspelled_words_are_searched_as_the_articles_spell_them(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    result = ask(corpus_index, embedder, "How much does the Gogle machine lerning exam cost?")
+    assert result.answered and "$200" in result.answer, result.answer
+    assert result.question == "How much does the Gogle machine lerning exam cost?"
+    # a place the articles never name is not "corrected" into one they do
+    declined = ask(corpus_index, embedder, "How much do AI engeneers earn in Swedan?")
+    assert not declined.answered and "Swedan" in declined.answer
+
+
+def test_spelling_correction_keeps_known_words_and_case() -> None:
+    known = frozenset({"salary", "engineer", "europe", "interview"})
+    choices = tuple(sorted(known))
+    assert correct_spelling("Engeneer salry interveiw", known, choices) == (
+        "Engineer salary interview"
+    )
+    assert correct_spelling("Europe, Sweden, AI", known, choices) == "Europe, Sweden, AI"
 
 
 def test_a_follow_up_is_resolved_against_the_earlier_question(
