@@ -66,6 +66,11 @@ _SYNONYM_GROUPS = (
     "require need",
     "grow growth increase rise",
     "demand need",
+    "quit leave attrition turnover",
+    "cost price fee tuition",
+    "valid validity expire renew renewal recertify recertification",
+    "uk britain kingdom",
+    "usa america",
 )
 
 
