@@ -155,10 +155,21 @@ def _dense_search(
 
 
 def _repeats(index: Index, position: int, chosen: list[int]) -> bool:
-    """Whether a passage nearly repeats one already chosen (the articles overlap a lot)."""
-    if not chosen:
+    """Whether a passage nearly repeats one already chosen (the articles overlap a lot).
+
+    The passages of one section follow each other and are never repeats of each other,
+    however alike they read: the next one may hold the line that answers.
+    """
+    passage = index.passages[position]
+    others = [
+        c
+        for c in chosen
+        if (index.passages[c].article_url, index.passages[c].anchor)
+        != (passage.article_url, passage.anchor)
+    ]
+    if not others:
         return False
-    vectors = index.passage_vectors[chosen]
+    vectors = index.passage_vectors[others]
     return bool((vectors @ index.passage_vectors[position]).max() >= DUPLICATE_COSINE)
 
 
