@@ -53,7 +53,7 @@ def tokenize(text: str) -> list[str]:
 # Words people use for the same career notions as the articles, by stem. A question
 # about what engineers "earn annually" must reach a table of "salary ... dollars/year".
 _SYNONYM_GROUPS = (
-    "earn salary pay paid compensation wage income",
+    "earn salary pay paid compensation comp wage income",
     "annually annual yearly year",
     "job role position opening vacancy",
     "hire hiring recruit recruiting recruitment",
@@ -71,6 +71,13 @@ _SYNONYM_GROUPS = (
     "valid validity expire renew renewal recertify recertification",
     "uk britain kingdom",
     "usa america",
+    # shorthand people type
+    "average avg",
+    "prepare preparation prep",
+    "year yrs",
+    "developer dev",
+    "engineer eng",
+    "manager mgr",
 )
 
 
