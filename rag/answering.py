@@ -58,20 +58,24 @@ _NUMBER_QUESTION = re.compile(
 # Questions that only a figure answers: a sentence without one is no answer to them, however
 # close its words are ("How much does the exam cost?" answered by "The exam is advanced").
 _FIGURE_ONLY_QUESTION = re.compile(
-    r"\b(how (much|many|long)|salar(y|ies)|earn|paid|cost|costs|fee|fees|price|tuition|"
-    r"pass(ing)? (mark|score|rate)|(what|which) score|median|what year|by when|percent|"
-    r"percentage|what share|what proportion)\b"
+    r"\b(how (much|many|long|big|large|high|fast)|salar(y|ies)|earn|paid|costs?|fees?|price|"
+    r"tuition|pass(ing)? (mark|score)|(what|which) score|median|what year|by when|percent|"
+    r"percentage|what share|what proportion|(pass|passing|success|failure|attrition|turnover|"
+    r"retention|acceptance) rate)\b"
 )
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
 _QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
 _TIME_QUESTION = re.compile(r"\b(when|what year|by when|since when)\b")
-_SHARE_QUESTION = re.compile(r"\b(percent|percentage|what share|what proportion)\b|%")
+_SHARE_QUESTION = re.compile(
+    r"\b(percent|percentage|what share|what proportion|(pass|passing|success|failure|attrition|"
+    r"turnover|retention|acceptance) rate)\b|%"
+)
 # A figure is an amount, a share or a count. Digits inside a code ("AI-102", "MLS-C01",
 # "A100") are no figure, nor is a bare year ("In 2025, ...") unless the question asks when.
 _HAS_FIGURE = re.compile(r"[$%€£]|(?<![\w-])(?!(?:19|20)\d\d\b)\d")
 _HAS_NUMBER = re.compile(r"(?<![\w-])\d")
-_HAS_SHARE = re.compile(r"%|\bpercent")
+_HAS_SHARE = re.compile(r"%|\b(percent|half|a third|a quarter|one in \w+)")
 # Pay and prices are amounts of money, unless the question compares them ("how much more").
 _MONEY_QUESTION = re.compile(
     r"\b(salar(y|ies)|earn(s|ing)?|paid|pay|cost(s)?|fees?|tuition|price|compensation|wages?)\b"
@@ -79,6 +83,7 @@ _MONEY_QUESTION = re.compile(
 )
 # A duration is a number and a unit of time ("two hours", "4 to 6 years").
 _DURATION_QUESTION = re.compile(r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b")
+_UNITS = ("minute", "hour", "day", "week", "month", "year")
 _HAS_DURATION = re.compile(
     r"(?=.*\b(minutes?|hours?|days?|weeks?|months?|years?)\b)"
     r".*((?<![\w-])\d|\b(a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve)\b)",
@@ -96,8 +101,7 @@ _HAS_MONEY = re.compile(
 # a sentence with digits is preferred; "one" is left out: it is as often a pronoun.
 _NUMBER_WORD = re.compile(
     r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|"
-    r"forty|fifty|hundred|thousand|million|billion|dozen|half|twice|double|triple|"
-    r"a third|a quarter|one in \w+)\b"
+    r"forty|fifty|hundred|thousand|million|billion|dozen|half|twice|double|triple)\b"
 )
 _ROLE = re.compile(
     r"\b([a-z][\w+#-]*)\s+(engineer|architect|scientist|manager|developer|specialist|analyst|"
@@ -332,14 +336,15 @@ def _choose_sentences(
             scored.append(_Scored(hit, i, row, score))
     scored.sort(key=lambda s: -s.score)
     best = scored[0]
-    chosen = _with_continuation(index, best)
+    wanted = figure if wants_figure else None
+    chosen = _with_continuation(index, best, wanted)
     for candidate in scored[1:]:
         if len(chosen) >= MAX_ANSWER_SENTENCES or candidate.score < best.score - JOIN_MARGIN:
             break
         vectors = index.sentence_vectors[[c.row for c in chosen]]
         if (vectors @ index.sentence_vectors[candidate.row]).max() > 0.9:
             continue  # the same sentence again, from an overlapping or repeated passage
-        group = _with_continuation(index, candidate)
+        group = _with_continuation(index, candidate, wanted)
         if len(group) > 1 and len(group) > MAX_ANSWER_SENTENCES - len(chosen):
             continue  # a label without the lines that complete it answers nothing
         chosen.extend(group)
@@ -367,15 +372,19 @@ def _lacks_figure(question: str, quoted: list[str]) -> bool:
     if not _FIGURE_ONLY_QUESTION.search(normalise(question)):
         return False
     lowered = normalise(question)
-    if _DURATION_QUESTION.search(lowered):
-        if any(_HAS_DURATION.search(text) for text in quoted):
+    if duration := _DURATION_QUESTION.search(lowered):
+        # "How many hours a week ...?" is not answered in weeks.
+        unit = next((u for u in _UNITS if u in duration.group()), "")
+        if any(_HAS_DURATION.search(t) and unit in t.lower() for t in quoted):
             return False
         # "How long is it and what's the fee?" is answered by the fee alone, too.
         lowered = _DURATION_QUESTION.sub(" ", lowered)
         if not _FIGURE_ONLY_QUESTION.search(lowered):
             return True
     figure = _figure_pattern(lowered)
-    return not any(figure.search(text) or _NUMBER_WORD.search(text) for text in quoted)
+    if figure is _HAS_FIGURE or figure is _HAS_NUMBER:  # a count may be written out
+        return not any(figure.search(text) or _NUMBER_WORD.search(text) for text in quoted)
+    return not any(figure.search(text) for text in quoted)
 
 
 def _text(scored: _Scored) -> str:
@@ -383,19 +392,22 @@ def _text(scored: _Scored) -> str:
     return passage.text[slice(*passage.sentences[scored.sentence])]
 
 
-def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
+def _with_continuation(
+    index: Index, lead: _Scored, figure: re.Pattern[str] | None = None
+) -> list[_Scored]:
     """A sentence, followed by what completes it when it only introduces an answer.
 
     Labels ("Sustainable AI:"), list headers and short headings match a question
     well but answer nothing alone; the answer is in the lines after them: a
     label takes as many as the answer holds, a short sentence enough to make
     a complete one. A short line with a figure ("Europe: $95,000–$130,000
-    annually") is complete.
+    annually"), or with the ``figure`` the question wants, is complete.
     """
     chosen = [lead]
     passage = lead.hit.passage
     text = passage.text[slice(*passage.sentences[lead.sentence])]
-    if _HAS_NUMBER.search(text) and not text.endswith(":"):
+    complete = figure.search(text) if figure else _states_figure(text)
+    if complete and not text.endswith(":"):
         return chosen
     label = _is_label(text)
     words = len(text.split())
@@ -409,12 +421,20 @@ def _with_continuation(index: Index, lead: _Scored) -> list[_Scored]:
             or passage.text[passage.sentences[following - 1][1] - 1] == ":"
         )
     ):
+        line = passage.text[slice(*passage.sentences[following])]
+        if label and len(chosen) > 1 and _is_label(line):
+            break  # the next item's label: this one's lines are all there
         chosen.append(
             _Scored(lead.hit, following, lead.row + following - lead.sentence, lead.score)
         )
         words += len(passage.text[slice(*passage.sentences[following])].split())
         following += 1
     return chosen
+
+
+def _states_figure(text: str) -> bool:
+    """Whether a line gives an amount, a share or a duration ("Europe: $95,000 annually")."""
+    return bool(_HAS_MONEY.search(text) or "%" in text or _HAS_DURATION.search(text))
 
 
 def _is_label(text: str) -> bool:
