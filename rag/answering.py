@@ -180,8 +180,9 @@ def answer_question(
     query = make_query(search_text, vector, emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
     kinds = _role_kinds(index, question)
-    if kinds:
-        hits = _with_role(index, query, hits, kinds, top_k=top_k, mode=mode, allowed=allowed)
+    required = [*([kinds] if kinds else []), *_distinctive_names(index, question)]
+    if required and hits:
+        hits = _with_named(index, query, hits, required, top_k=top_k, mode=mode, allowed=allowed)
     chosen = _choose_sentences(index, query, hits, question, kinds)
     unknown = _unknown_names(index, question)
     no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in chosen])
@@ -225,31 +226,38 @@ def resolve_follow_up(question: str, history: tuple[str, ...] | list[str]) -> tu
     return question, ""
 
 
-def _with_role(
+def _with_named(
     index: Index,
     query: Query,
     hits: list[Hit],
-    kinds: frozenset[str],
+    required: list[frozenset[str]],
     *,
     top_k: int,
     mode: str,
     allowed: np.ndarray | None,
 ) -> list[Hit]:
-    """The hits, with the best passage that names the asked-about role when none does.
+    """The hits, with the best passage naming what the question names when none does.
 
-    "What does a network architect do?" ranks passages about architects in general
-    first; the one table row about network architects must be among them.
+    "What does a network architect do?" or "AI engineer pay in europe" rank
+    passages about architects or pay in general first; the one table row about
+    network architects, or about Europe, must be among them. Each of
+    ``required`` (a role's word, a name's tokens) not found in any hit brings
+    in its best passage, which takes the place of the lowest hit.
     """
-    if any(kinds <= _passage_words(index, hit.position) for hit in hits):
-        return hits
-    mask = np.array([kinds <= _passage_words(index, p) for p in range(len(index.passages))])
-    if allowed is not None:
-        mask &= allowed
-    extra = retrieve(index, query, 1, mode=mode, allowed=mask) if mask.any() else []
+    words = [_passage_words(index, hit.position) for hit in hits]
+    missing = [terms for terms in required if not any(terms <= w for w in words)]
+    extra: list[Hit] = []
+    for terms in missing[: max(0, top_k - 1)]:
+        mask = np.array([terms <= _passage_words(index, p) for p in range(len(index.passages))])
+        if allowed is not None:
+            mask &= allowed
+        found = retrieve(index, query, 1, mode=mode, allowed=mask) if mask.any() else []
+        if found and all(found[0].position != h.position for h in [*hits, *extra]):
+            extra.append(found[0])
     if not extra:
         return hits
-    kept = hits[: top_k - 1]
-    return [*kept, replace(extra[0], rank=len(kept))]
+    kept = hits[: top_k - len(extra)]
+    return [*kept, *(replace(hit, rank=len(kept) + i) for i, hit in enumerate(extra))]
 
 
 def _passage_words(index: Index, position: int) -> frozenset[str]:
@@ -442,12 +450,14 @@ def _is_label(text: str) -> bool:
     return len(text.split()) < _COMPLETE_WORDS / 2 and not _HAS_NUMBER.search(text)
 
 
-def _names(question: str) -> list[tuple[str, list[str]]]:
-    """Names in a question — capitalised words past the first, acronyms, figures — with tokens."""
+def _names(question: str, proper: frozenset[str] = frozenset()) -> list[tuple[str, list[str]]]:
+    """Names in a question — capitalised words past the first, acronyms, figures, and words
+    the articles only ever write as names (``proper``: "europe", "google") — with tokens."""
     words = re.findall(r"[A-Za-z][\w'-]*|\d[\d,.]*", question)
     found = []
     for position, word in enumerate(words):
         named = (word[0].isupper() and position > 0) or word.isupper() or word[0].isdigit()
+        named = named or word.lower() in proper
         if named and normalise(word) not in STOPWORDS and (tokens := tokenize(word)):
             found.append((word, tokens))
     return found
@@ -470,7 +480,7 @@ def _distinctive_names(index: Index, question: str) -> list[frozenset[str]]:
     common = math.log(1 + 1 / COMMON_NAME_SHARE)  # IDF of a token in that share of passages
     return [
         frozenset(tokens)
-        for _, tokens in _names(question)
+        for _, tokens in _names(question, index.proper_words)
         if all(t in index.idf for t in tokens) and min(index.idf[t] for t in tokens) > common
     ]
 

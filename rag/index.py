@@ -21,7 +21,7 @@ from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
 from rag.ingest import Article, load_corpus
 from rag.settings import Settings
-from rag.tokens import tokenize, vocabulary
+from rag.tokens import proper_words, tokenize, vocabulary
 
 FORMAT_VERSION = 2  # 2: sentences get their own FAISS index
 MANIFEST = "manifest.json"
@@ -73,6 +73,7 @@ class Index:
     path: Path
     words: frozenset[str] = frozenset()  # lower-case words of the passages, for spelling
     word_choices: tuple[str, ...] = ()  # the same, sorted, for fuzzy matching
+    proper_words: frozenset[str] = frozenset()  # words only ever written as names ("europe")
 
     @property
     def model(self) -> str:
@@ -372,4 +373,5 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         path,
         words,
         tuple(sorted(words)),
+        proper_words([p.text for p in passages]),
     )

@@ -142,3 +142,21 @@ def correct_spelling(text: str, known: frozenset[str], choices: tuple[str, ...])
         return found[0].capitalize() if word[0].isupper() else found[0]
 
     return _WORD.sub(fix, text)
+
+
+_AFTER_PREPOSITION = re.compile(
+    r"\b(?:in|across|from|at|like|including|such as|by) ([A-Z][a-z]+)\b"
+)
+_LOWER_WORD = re.compile(r"\b[a-z][a-z]+\b")
+
+
+def proper_words(texts: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """Words the texts write only as names: capitalised after a preposition ("in Europe",
+    "from Google"), never in lower case. A question typed in lower case still names them.
+
+    >>> sorted(proper_words(["Salaries in Europe rise.", "Jobs in Tech and tech jobs."]))
+    ['europe']
+    """
+    named = {m.group(1).lower() for text in texts for m in _AFTER_PREPOSITION.finditer(text)}
+    lower = {w for text in texts for w in _LOWER_WORD.findall(text)}
+    return frozenset(named - lower)
