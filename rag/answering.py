@@ -185,7 +185,10 @@ def answer_question(
         hits = _with_named(index, query, hits, required, top_k=top_k, mode=mode, allowed=allowed)
     chosen = _choose_sentences(index, query, hits, question, kinds)
     unknown = _unknown_names(index, question)
-    no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in chosen])
+    # The figure must be in the best quote (with the lines completing it), not in a weaker
+    # one about something else: "How much do architects make in Korea?" is not answered by
+    # Korea's job growth followed by a US salary.
+    no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in _lead(chosen)])
     # A question about prompt engineers is not answered by quotes about other engineers,
     # nor one about South Korea by a passage that never names it (short names such as
     # "US" are left out: the articles write them in too many ways).
@@ -395,6 +398,21 @@ def _lacks_figure(question: str, quoted: list[str]) -> bool:
     return not any(figure.search(text) for text in quoted)
 
 
+def _lead(chosen: list[_Scored]) -> list[_Scored]:
+    """The best quote and the lines that continue it (they share its passage and score)."""
+    lead = chosen[:1]
+    for scored in chosen[1:]:
+        previous = lead[-1]
+        if (scored.hit.position, scored.sentence, scored.score) != (
+            previous.hit.position,
+            previous.sentence + 1,
+            lead[0].score,
+        ):
+            break
+        lead.append(scored)
+    return lead
+
+
 def _text(scored: _Scored) -> str:
     passage = scored.hit.passage
     return passage.text[slice(*passage.sentences[scored.sentence])]
@@ -453,10 +471,13 @@ def _is_label(text: str) -> bool:
 def _names(question: str, proper: frozenset[str] = frozenset()) -> list[tuple[str, list[str]]]:
     """Names in a question — capitalised words past the first, acronyms, figures, and words
     the articles only ever write as names (``proper``: "europe", "google") — with tokens."""
-    words = re.findall(r"[A-Za-z][\w'-]*|\d[\d,.]*", question)
     found = []
-    for position, word in enumerate(words):
-        named = (word[0].isupper() and position > 0) or word.isupper() or word[0].isdigit()
+    for match in re.finditer(r"[A-Za-z][\w'-]*|\d[\d,.]*", question):
+        word = match.group()
+        opening = not question[: match.start()].rstrip(" \"'(").rstrip() or question[
+            : match.start()
+        ].rstrip(" \"'(").endswith((".", "?", "!", ":"))  # a sentence's first word
+        named = (word[0].isupper() and not opening) or word.isupper() or word[0].isdigit()
         named = named or word.lower() in proper
         if named and normalise(word) not in STOPWORDS and (tokens := tokenize(word)):
             found.append((word, tokens))

@@ -21,7 +21,7 @@ from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
 from rag.ingest import Article, load_corpus
 from rag.settings import Settings
-from rag.tokens import proper_words, tokenize, vocabulary
+from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 FORMAT_VERSION = 2  # 2: sentences get their own FAISS index
 MANIFEST = "manifest.json"
@@ -356,6 +356,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             document_frequency[token] = document_frequency.get(token, 0) + 1
     idf = {t: math.log(1 + len(passages) / df) for t, df in document_frequency.items()}
     words = vocabulary([p.indexed_text for p in passages])
+    english_stems()  # loaded once per process, before the first question needs it
     return Index(
         manifest,
         passages,
@@ -373,5 +374,5 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         path,
         words,
         tuple(sorted(words)),
-        proper_words([p.text for p in passages]),
+        proper_words([t for p in passages for t in p.sentence_texts()]),
     )

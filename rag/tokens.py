@@ -7,7 +7,8 @@ import unicodedata
 from functools import cache
 
 import Stemmer
-from rapidfuzz import fuzz, process
+from rapidfuzz import process
+from rapidfuzz.distance import OSA
 
 # Numbers keep their decimal point and lose thousands separators ("$160,000" -> "160000");
 # "27x" and "5+" stay whole; words keep inner + # . - only where they make a name (C++, C#).
@@ -104,12 +105,12 @@ def expand(tokens: list[str] | tuple[str, ...]) -> list[str]:
 
 
 _WORD = re.compile(r"[A-Za-z]+")
-# A word is corrected only when it is this long, unknown to the articles, and this similar
-# (InDel ratio, 0-100) to a word they use with the same first letter: "salry" -> "salary",
-# "interveiw" -> "interview", "engeneer" -> "engineer". Names the articles never mention
-# ("Sweden", "Nigeria") have no such neighbour and stay as they are.
+# A word is corrected only when it is this long, unknown to the articles, and one typo
+# (two from LONG_WORD letters) from a word they use with the same first letter: a letter
+# left out, added, changed or two swapped ("salry", "pyhton", "interveiw", "certifcation").
+# Names the articles never mention ("Sweden", "Nigeria") have no such neighbour.
 SPELLING_MIN_LETTERS = 5
-SPELLING_MIN_RATIO = 85
+SPELLING_LONG_WORD = 8
 
 
 def vocabulary(texts: list[str] | tuple[str, ...]) -> frozenset[str]:
@@ -117,12 +118,21 @@ def vocabulary(texts: list[str] | tuple[str, ...]) -> frozenset[str]:
     return frozenset(w.lower() for text in texts for w in _WORD.findall(text))
 
 
+@cache
+def english_stems() -> frozenset[str]:
+    """Stems of an English dictionary (the ``english-words`` lists): words, not typos."""
+    from english_words import get_english_words_set
+
+    words = get_english_words_set(["web2", "gcide"], lower=True, alpha=True)
+    return frozenset(_stemmer().stemWords(sorted(words)))
+
+
 def correct_spelling(text: str, known: frozenset[str], choices: tuple[str, ...]) -> str:
     """The text with misspelled words replaced by the closest word of the articles.
 
-    >>> known = frozenset({"salary", "engineer", "europe"})
-    >>> correct_spelling("Engeneer salry in Europe, Sweden", known, tuple(sorted(known)))
-    'Engineer salary in Europe, Sweden'
+    >>> known = frozenset({"salary", "engineer", "europe", "finds"})
+    >>> correct_spelling("Engeneer salry in Europe, Sweden, fines", known, tuple(sorted(known)))
+    'Engineer salary in Europe, Sweden, fines'
     """
 
     def fix(match: re.Match[str]) -> str:
@@ -130,11 +140,13 @@ def correct_spelling(text: str, known: frozenset[str], choices: tuple[str, ...])
         lowered = word.lower()
         if len(word) < SPELLING_MIN_LETTERS or lowered in known:
             return word
+        if _stemmer().stemWord(lowered) in english_stems():
+            return word  # a real word the articles don't use ("fines"), not a typo
         found = process.extractOne(
             lowered,
             choices,
-            scorer=fuzz.ratio,
-            score_cutoff=SPELLING_MIN_RATIO,
+            scorer=OSA.distance,
+            score_cutoff=1 if len(word) < SPELLING_LONG_WORD else 2,
             processor=None,
         )
         if found is None or found[0][0] != lowered[0]:
@@ -144,19 +156,25 @@ def correct_spelling(text: str, known: frozenset[str], choices: tuple[str, ...])
     return _WORD.sub(fix, text)
 
 
-_AFTER_PREPOSITION = re.compile(
-    r"\b(?:in|across|from|at|like|including|such as|by) ([A-Z][a-z]+)\b"
+_AFTER_LINK = re.compile(
+    r"(?:\b(?:in|across|from|at|like|including|such as|by|and)|[a-z],) ([A-Z][a-z]+)\b"
 )
 _LOWER_WORD = re.compile(r"\b[a-z][a-z]+\b")
 
 
-def proper_words(texts: list[str] | tuple[str, ...]) -> frozenset[str]:
-    """Words the texts write only as names: capitalised after a preposition ("in Europe",
-    "from Google"), never in lower case. A question typed in lower case still names them.
+def proper_words(sentences: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """Words the sentences write only as names: capitalised in running text after a
+    preposition, "and" or a comma ("in Europe", "from Google", "China, Japan"), never in
+    lower case. A question typed in lower case still names them. Title-case lines
+    (headings, table headers) capitalise every word and are not read.
 
-    >>> sorted(proper_words(["Salaries in Europe rise.", "Jobs in Tech and tech jobs."]))
+    >>> sorted(proper_words(["Pay in Europe rises each year.", "Jobs in Tech and tech jobs."]))
     ['europe']
     """
-    named = {m.group(1).lower() for text in texts for m in _AFTER_PREPOSITION.finditer(text)}
-    lower = {w for text in texts for w in _LOWER_WORD.findall(text)}
+    named = set()
+    for sentence in sentences:
+        words = _WORD.findall(sentence)
+        if words and sum(w[0].isupper() for w in words) < len(words) / 2:
+            named.update(m.group(1).lower() for m in _AFTER_LINK.finditer(sentence))
+    lower = {w for sentence in sentences for w in _LOWER_WORD.findall(sentence)}
     return frozenset(named - lower)
