@@ -369,6 +369,10 @@ def _figure_pattern(question: str) -> re.Pattern[str]:
         return _HAS_SHARE
     if _MONEY_QUESTION.search(lowered) and not _COMPARING.search(lowered):
         return _HAS_MONEY
+    if _DURATION_QUESTION.search(lowered) and not _FIGURE_ONLY_QUESTION.search(
+        _DURATION_QUESTION.sub(" ", lowered)
+    ):
+        return _HAS_DURATION
     return _HAS_NUMBER if _TIME_QUESTION.search(lowered) else _HAS_FIGURE
 
 
