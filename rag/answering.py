@@ -190,12 +190,15 @@ def answer_question(
     # Korea's job growth followed by a US salary.
     no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in _lead(chosen)])
     # A question about prompt engineers is not answered by quotes about other engineers,
-    # nor one about South Korea by a passage that never names it (short names such as
-    # "US" are left out: the articles write them in too many ways).
+    # nor one about South Korea by a passage that names none of it. One name of several
+    # is enough ("what does RAG mean for LLMs?" is answered about RAG); short ones such
+    # as "US" are left out: the articles write them in too many ways.
     off_role = bool(kinds) and not kinds <= _sentence_words(index, chosen[0])
-    off_name = bool(chosen) and any(
-        min(map(len, name)) > 2 and name.isdisjoint(_passage_words(index, chosen[0].hit.position))
-        for name in _distinctive_names(index, question)
+    names = [n for n in _distinctive_names(index, question) if min(map(len, n)) > 2]
+    off_name = (
+        bool(chosen)
+        and bool(names)
+        and all(n.isdisjoint(_passage_words(index, chosen[0].hit.position)) for n in names)
     )
     answered = (
         bool(chosen)

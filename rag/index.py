@@ -23,7 +23,7 @@ from rag.ingest import Article, load_corpus
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
-FORMAT_VERSION = 2  # 2: sentences get their own FAISS index
+FORMAT_VERSION = 3  # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm"
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
 _KEEP_BUILDS = 3

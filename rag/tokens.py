@@ -39,13 +39,17 @@ def normalise(text: str) -> str:
     return text.translate(str.maketrans("‘’“”–—", "''\"\"--"))
 
 
+# "LLMs", "GPUs", "KPIs": the plural of an acronym is the acronym (the stemmer leaves them).
+_PLURAL_ACRONYM = re.compile(r"\b([A-Z]{2,})s\b")
+
+
 def tokenize(text: str) -> list[str]:
     """Stemmed content tokens of a text, in order.
 
-    >>> tokenize("AI Architects earn $224,000 (17%) with MLOps & C++")
-    ['ai', 'architect', 'earn', '224000', '17', 'mlop', 'c++']
+    >>> tokenize("AI Architects earn $224,000 (17%) with MLOps & C++ for LLMs")
+    ['ai', 'architect', 'earn', '224000', '17', 'mlop', 'c++', 'llm']
     """
-    found = _TOKEN.findall(normalise(text))
+    found = _TOKEN.findall(normalise(_PLURAL_ACRONYM.sub(r"\1", text)))
     words = [t.replace(",", "") if t[0].isdigit() else t for t in found]
     words = [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
     return _stemmer().stemWords(words)
