@@ -63,6 +63,13 @@ _FIGURE_ONLY_QUESTION = re.compile(
     r"percentage|what share|what proportion|(pass|passing|success|failure|attrition|turnover|"
     r"retention|acceptance) rate)\b"
 )
+# Questions whose answer is a list: the introduction of a list answers them with its items.
+_LIST_QUESTION = re.compile(
+    r"^(what|which) (are|were)\b|\b(steps|tips|ways|prerequisites|requirements|skills|tools|"
+    r"reasons|examples|types|kinds|stages|strategies|techniques|practices|factors|benefits|"
+    r"challenges|responsibilities|duties|options|platforms|languages|frameworks)\b"
+    r"|^how (do|can|should|to|would)\b"
+)
 _DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
 _QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
@@ -295,6 +302,7 @@ def _choose_sentences(
     wants_figure = bool(_NUMBER_QUESTION.search(normalise(query.text)))
     figure = _figure_pattern(query.text)
     wants_definition = bool(_DEFINITION_QUESTION.search(lowered))
+    listing = bool(_LIST_QUESTION.search(lowered))
     subject = frozenset(query.tokens) - _QUESTION_VERBS if wants_definition else frozenset()
     scored: list[_Scored] = []
     for hit in hits:
@@ -335,6 +343,8 @@ def _choose_sentences(
                     score += TYPE_BONUS / 2
             if text.endswith("?"):
                 score -= TYPE_BONUS  # a question in the text (FAQ) answers nothing itself
+            elif listing and text.endswith(":"):
+                score += TYPE_BONUS / 2  # a list's introduction, quoted with its items
             elif _is_label(text):
                 # A label answers only through the line after it ("Sustainable AI:" and its
                 # definition); a label followed by another label is a list of headings.
@@ -351,14 +361,14 @@ def _choose_sentences(
     scored.sort(key=lambda s: -s.score)
     best = scored[0]
     wanted = figure if wants_figure else None
-    chosen = _with_continuation(index, best, wanted)
+    chosen = _with_continuation(index, best, wanted, listing=listing)
     for candidate in scored[1:]:
         if len(chosen) >= MAX_ANSWER_SENTENCES or candidate.score < best.score - JOIN_MARGIN:
             break
         vectors = index.sentence_vectors[[c.row for c in chosen]]
         if (vectors @ index.sentence_vectors[candidate.row]).max() > 0.9:
             continue  # the same sentence again, from an overlapping or repeated passage
-        group = _with_continuation(index, candidate, wanted)
+        group = _with_continuation(index, candidate, wanted, listing=listing)
         if len(group) > 1 and len(group) > MAX_ANSWER_SENTENCES - len(chosen):
             continue  # a label without the lines that complete it answers nothing
         chosen.extend(group)
@@ -426,7 +436,11 @@ def _text(scored: _Scored) -> str:
 
 
 def _with_continuation(
-    index: Index, lead: _Scored, figure: re.Pattern[str] | None = None
+    index: Index,
+    lead: _Scored,
+    figure: re.Pattern[str] | None = None,
+    *,
+    listing: bool = False,
 ) -> list[_Scored]:
     """A sentence, followed by what completes it when it only introduces an answer.
 
@@ -434,7 +448,9 @@ def _with_continuation(
     well but answer nothing alone; the answer is in the lines after them: a
     label takes as many as the answer holds, a short sentence enough to make
     a complete one. A short line with a figure ("Europe: $95,000–$130,000
-    annually"), or with the ``figure`` the question wants, is complete.
+    annually"), or with the ``figure`` the question wants, is complete. When
+    the question asks for several things (``listing``) and the next line opens
+    a list ("Suggested prerequisites include:"), the list follows.
     """
     chosen = [lead]
     passage = lead.hit.passage
@@ -445,6 +461,12 @@ def _with_continuation(
     label = _is_label(text)
     words = len(text.split())
     following = lead.sentence + 1
+    if (
+        listing
+        and following < len(passage.sentences)
+        and passage.text[passage.sentences[following][1] - 1] == ":"
+    ):
+        words = 0  # the list's introduction and its first items complete the answer
     while (
         following < len(passage.sentences)
         and len(chosen) < MAX_ANSWER_SENTENCES
