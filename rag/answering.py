@@ -274,8 +274,7 @@ def _with_named(
 
 
 def _passage_words(index: Index, position: int) -> frozenset[str]:
-    first, end = int(index.sentence_start[position]), int(index.sentence_start[position + 1])
-    return index.heading_tokens[position].union(*index.sentence_tokens[first:end])
+    return index.passage_tokens[position]
 
 
 def _sentence_words(index: Index, scored: _Scored) -> frozenset[str]:
@@ -310,7 +309,7 @@ def _choose_sentences(
         count = len(hit.passage.sentences)
         cosines = index.sentence_vectors[first : first + count] @ query.vector
         heading = index.heading_tokens[hit.position]
-        passage_words = heading.union(*index.sentence_tokens[first : first + count])
+        passage_words = index.passage_tokens[hit.position]
         # An answer about Google's exam is no answer to a question about AWS's.
         off_name = any(name.isdisjoint(passage_words) for name in names)
         introduction: frozenset[str] = frozenset()

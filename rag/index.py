@@ -74,6 +74,7 @@ class Index:
     words: frozenset[str] = frozenset()  # lower-case words of the passages, for spelling
     word_choices: tuple[str, ...] = ()  # the same, sorted, for fuzzy matching
     proper_words: frozenset[str] = frozenset()  # words only ever written as names ("europe")
+    passage_tokens: tuple[frozenset[str], ...] = ()  # each passage's tokens and heading's
 
     @property
     def model(self) -> str:
@@ -375,4 +376,8 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         words,
         tuple(sorted(words)),
         proper_words([t for p in passages for t in p.sentence_texts()]),
+        tuple(
+            heading_tokens[i].union(*sentence_tokens[starts[i] : starts[i + 1]])
+            for i in range(len(passages))
+        ),
     )
