@@ -478,7 +478,9 @@ def _with_continuation(
         )
     ):
         line = passage.text[slice(*passage.sentences[following])]
-        if label and len(chosen) > 1 and _is_label(line):
+        opens_list = passage.text[passage.sentences[following - 1][1] - 1] == ":"
+        introduces = listing and line.endswith(":") and len(chosen) == 1
+        if _is_label(line) and not (opens_list or introduces) and (len(chosen) > 1 or not label):
             break  # the next item's label: this one's lines are all there
         chosen.append(
             _Scored(lead.hit, following, lead.row + following - lead.sentence, lead.score)
