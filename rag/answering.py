@@ -37,8 +37,10 @@ NAME_PENALTY = 0.15
 COMMON_NAME_SHARE = 0.1
 # How much more a follow-up's own words weigh than the earlier question's.
 FOLLOW_UP_WEIGHT = 3.0
-# Sentences within this margin of the best one join the answer (up to three).
-JOIN_MARGIN = 0.1
+# Sentences within this margin of the best one join the answer (up to three). 0.2 rather
+# than 0.1: on our three question sets the second and third quotes then hold the answer
+# 2-4% more often while the best one still leads.
+JOIN_MARGIN = 0.2
 # Abstention. A question is declined when its best sentence scores below
 # ABSTAIN_BELOW. Calibration: the best-sentence score of every question of the
 # development set and of three more sets written from the articles (220
