@@ -5,7 +5,6 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
 STAMP := $(VENV)/.installed-stamp
-CORPUS := $(wildcard corpus/*)
 
 .PHONY: run test install index lint bench browser clean
 
@@ -25,11 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Rebuild when the index is missing or older than any corpus file.
-index: install index/manifest.json
-
-index/manifest.json: $(CORPUS) | $(STAMP)
-	$(BIN)/rag index
+# Build when the index is missing, or was built from other corpus files, settings or an
+# older format; otherwise it says the index is up to date and does nothing.
+index: install
+	$(BIN)/rag index --if-needed
 
 lint: install
 	$(BIN)/ruff check .

@@ -59,12 +59,22 @@ def _index_options(command: Any) -> Any:
 @cli.command("index")
 @_index_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--if-needed",
+    is_flag=True,
+    help="Do nothing when the index is current (same corpus files, settings and format).",
+)
 @_fail_cleanly
-def index_command(corpus_dir: Path | None, index_dir: Path | None, quiet: bool) -> None:
+def index_command(
+    corpus_dir: Path | None, index_dir: Path | None, quiet: bool, if_needed: bool
+) -> None:
     """Rebuild the index from the corpus folder (unchanged passages reuse cached embeddings)."""
-    from rag.index import build_index
+    from rag.index import build_index, index_is_current
 
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
+    if if_needed and index_is_current(settings):
+        click.echo(f"the index at {settings.index_dir} is up to date with {settings.corpus_dir}")
+        return
     summary = build_index(settings, progress=not quiet)
     click.echo(
         f"indexed {summary.articles} articles, {summary.sections} sections, "

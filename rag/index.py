@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import numpy as np
 from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
-from rag.ingest import Article, load_corpus
+from rag.ingest import Article, corpus_files, load_corpus
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
@@ -275,6 +276,29 @@ def _load_cache(index_dir: Path) -> dict[str, np.ndarray]:
             return dict(zip(stored["keys"].tolist(), stored["vectors"], strict=True))
     except (OSError, ValueError, KeyError):
         return {}  # no previous build, or an unreadable cache: embed everything
+
+
+def index_is_current(settings: Settings) -> bool:
+    """Whether the index was built, in this format, with these settings, from the corpus
+    folder as it is now (same files, same SHA-256): rebuilding it would change nothing."""
+    try:
+        manifest = read_manifest(settings.index_dir)
+        paths = corpus_files(settings.corpus_dir)
+        files = [
+            {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths
+        ]
+    except (RagError, OSError):
+        return False
+    return (
+        manifest.get("model") == settings.model
+        and manifest.get("corpus_files") == files
+        and manifest.get("chunking")
+        == {
+            "chunk_words": settings.chunk_words,
+            "chunk_max_words": settings.chunk_max_words,
+            "chunk_overlap_sentences": settings.chunk_overlap_sentences,
+        }
+    )
 
 
 def read_manifest(index_dir: Path) -> dict:

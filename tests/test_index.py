@@ -14,7 +14,7 @@ from rag.chunking import chunk_articles
 from rag.cli import cli
 from rag.embedding import Embedder
 from rag.errors import CorpusError, IndexMismatchError, IndexMissingError
-from rag.index import FORMAT_VERSION, Index, build_index, load_index
+from rag.index import FORMAT_VERSION, Index, build_index, index_is_current, load_index
 from rag.ingest import load_corpus
 from rag.retrieval import make_query, retrieve
 from rag.settings import Settings
@@ -166,6 +166,27 @@ def test_rag_index_cli_summary_and_errors(tiny_settings: Settings) -> None:
     ]
     result = runner.invoke(cli, missing)
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_rag_index_if_needed_builds_only_what_is_out_of_date(tiny_settings: Settings) -> None:
+    runner = CliRunner()
+    args = ["index", "--quiet", "--if-needed", "--corpus", str(tiny_settings.corpus_dir)]
+    args += ["--index", str(tiny_settings.index_dir)]
+    tiny_corpus(tiny_settings)
+    assert not index_is_current(tiny_settings)
+    assert "indexed 2 articles" in runner.invoke(cli, args).output  # missing: built
+    assert index_is_current(tiny_settings)
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0 and "is up to date" in result.output
+    write_article(tiny_settings.corpus_dir, "new", "Fresh", "A brand new passage about pay.")
+    assert not index_is_current(tiny_settings)  # a corpus file more
+    assert "indexed 3 articles" in runner.invoke(cli, args).output
+    manifest = tiny_settings.index_dir / "manifest.json"
+    old = json.loads(manifest.read_text()) | {"format_version": FORMAT_VERSION - 1}
+    manifest.write_text(json.dumps(old))
+    assert not index_is_current(tiny_settings)  # an older format
+    assert "indexed 3 articles" in runner.invoke(cli, args).output
+    assert index_is_current(tiny_settings)
 
 
 def test_load_refuses_missing_and_mismatched_indexes(
