@@ -107,6 +107,9 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
         "How long is the TensorFlow developer certificate valid?",  # no validity is given
         "What score do you need to pass the IBM AI Engineering certificate?",
         "What is the salary of a prompt engineer in the US?",  # named, never paid
+        "ai architect pay in south africa",  # a place named only in lower case
+        "How many hours a week do AI engineers work?",  # durations are in weeks and years
+        "what is the pass rate of the aws ml exam",  # a rate wants a share
     ],
 )
 def test_near_misses_are_declined(corpus_index: Index, embedder: Embedder, question: str) -> None:
@@ -123,6 +126,9 @@ def test_near_misses_are_declined(corpus_index: Index, embedder: Embedder, quest
         ("How much does the Google machine learning exam cost?", "$200"),
         ("How many weeks does the MIT Sloan AI course take?", "6 weeks"),
         ("What does a network architect focus on compared with an AI architect?", "connectivity"),
+        # a list question takes the list after its introduction
+        ("Which prerequisites are suggested before taking CAIP?", "Python Programming"),
+        ("Which tools do AI architects use for containerization?", "Docker and Kubernetes"),
     ],
 )
 def test_figure_and_role_questions_quote_the_figure_or_role(
