@@ -12,8 +12,22 @@ import numpy as np
 from rag.embedding import Embedder
 from rag.errors import InputError
 from rag.index import Index
+from rag.questions import (
+    DEFINING,
+    DEFINITION_QUESTION,
+    HAS_NUMBER,
+    LIST_QUESTION,
+    NUMBER_QUESTION,
+    QUESTION_VERBS,
+    distinctive_names,
+    figure_pattern,
+    lacks_figure,
+    role_kinds,
+    states_figure,
+    unknown_names,
+)
 from rag.retrieval import Hit, Query, make_query, retrieve
-from rag.tokens import STOPWORDS, correct_spelling, normalise, synonyms, tokenize
+from rag.tokens import correct_spelling, normalise, synonyms, tokenize
 
 MAX_QUESTION_CHARS = 1000
 MAX_ANSWER_SENTENCES = 3
@@ -31,10 +45,8 @@ TYPE_BONUS = 0.08
 _COMPLETE_WORDS = 12
 # A short line with nothing substantive after it is a heading, not an answer.
 LABEL_PENALTY = 0.3
-# A passage that does not name what the question names (its rarer names) loses this much;
-# names held by more than COMMON_NAME_SHARE of passages do not count.
+# A passage that does not name what the question names (its rarer names) loses this much.
 NAME_PENALTY = 0.15
-COMMON_NAME_SHARE = 0.1
 # How much more a follow-up's own words weigh than the earlier question's.
 FOLLOW_UP_WEIGHT = 3.0
 # Sentences within this margin of the best one join the answer (up to three). 0.2 rather
@@ -50,75 +62,12 @@ JOIN_MARGIN = 0.2
 # wrongly declined answer costs a user more than a weak one shown with its
 # sources. Near misses (a topic the articles cover, a detail they don't) score
 # like answerable ones; other checks decline them: a name no article mentions
-# (`_unknown_names`), a figure question whose best quote has no figure
-# (`_lacks_figure`), a best quote about another role or place than the one
-# asked about (`_role_kinds`, `_distinctive_names`).
+# (`unknown_names`), a figure question whose best quote has no figure
+# (`lacks_figure`), a best quote about another role or place than the one
+# asked about (`role_kinds`, `distinctive_names`).
 ABSTAIN_BELOW = 0.45
 
-_NUMBER_QUESTION = re.compile(
-    r"\b(how (much|many|long|often)|salar(y|ies)|earn|pay|paid|percent|percentage|rate|"
-    r"cost|costs|fee|fees|price|tuition|score|median|average|number of|by when|what year|when)\b"
-)
-# Questions that only a figure answers: a sentence without one is no answer to them, however
-# close its words are ("How much does the exam cost?" answered by "The exam is advanced").
-_FIGURE_ONLY_QUESTION = re.compile(
-    r"\b(how (much|many|long|big|large|high|fast)|salar(y|ies)|earn|paid|costs?|fees?|price|"
-    r"tuition|pass(ing)? (mark|score)|(what|which) score|median|what year|by when|percent|"
-    r"percentage|what share|what proportion|(pass|passing|success|failure|attrition|turnover|"
-    r"retention|acceptance) rate)\b"
-)
-# Questions whose answer is a list: the introduction of a list answers them with its items.
-_LIST_QUESTION = re.compile(
-    r"^(what|which) (are|were)\b|\b(steps|tips|ways|prerequisites|requirements|skills|tools|"
-    r"reasons|examples|types|kinds|stages|strategies|techniques|practices|factors|benefits|"
-    r"challenges|responsibilities|duties|options|platforms|languages|frameworks)\b"
-    r"|^how (do|can|should|to|would)\b"
-)
-_DEFINITION_QUESTION = re.compile(r"^(what|who) (is|are|does|do)\b|\bmean(s|ing)?\b|\bdefin")
 _FOLLOW_UP = re.compile(r"^(and|what about|how about|what of|same for|or|but|also)\b")
-_QUESTION_VERBS = frozenset(tokenize("mean meaning define definition role job purpose"))
-_TIME_QUESTION = re.compile(r"\b(when|what year|by when|since when)\b")
-_SHARE_QUESTION = re.compile(
-    r"\b(percent|percentage|what share|what proportion|(pass|passing|success|failure|attrition|"
-    r"turnover|retention|acceptance) rate)\b|%"
-)
-# A figure is an amount, a share or a count. Digits inside a code ("AI-102", "MLS-C01",
-# "A100") are no figure, nor is a bare year ("In 2025, ...") unless the question asks when.
-_HAS_FIGURE = re.compile(r"[$%€£]|(?<![\w-])(?!(?:19|20)\d\d\b)\d")
-_HAS_NUMBER = re.compile(r"(?<![\w-])\d")
-_HAS_SHARE = re.compile(r"%|\b(percent|half|a third|a quarter|one in \w+)")
-# Pay and prices are amounts of money, unless the question compares them ("how much more").
-_MONEY_QUESTION = re.compile(
-    r"\b(salar(y|ies)|earn(s|ing)?|paid|pay|cost(s)?|fees?|tuition|price|compensation|wages?)\b"
-    r"|\bhow much (do|does|did|can|could|would|will)\b.*\bmake\b"
-)
-# A duration is a number and a unit of time ("two hours", "4 to 6 years").
-_DURATION_QUESTION = re.compile(r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b")
-_UNITS = ("minute", "hour", "day", "week", "month", "year")
-_HAS_DURATION = re.compile(
-    r"(?=.*\b(minutes?|hours?|days?|weeks?|months?|years?)\b)"
-    r".*((?<![\w-])\d|\b(a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve)\b)",
-    re.IGNORECASE,
-)
-_COMPARING = re.compile(
-    r"\b(more|less|than|premium|compared?|vs|versus|increase[sd]?|grow(th)?|rise|gap|differ)"
-)
-_HAS_MONEY = re.compile(
-    r"[$€£₹¥]|\b(usd|eur|gbp|inr|aed|sgd|cad|aud|dollars?|euros?|pounds?|rupees?|lakhs?)\b"
-    r"|\d\s?k\b",
-    re.IGNORECASE,
-)
-# Written out, a count or share still answers ("valid for two years", "half of them"), though
-# a sentence with digits is preferred; "one" is left out: it is as often a pronoun.
-_NUMBER_WORD = re.compile(
-    r"\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|"
-    r"forty|fifty|hundred|thousand|million|billion|dozen|half|twice|double|triple)\b"
-)
-_ROLE = re.compile(
-    r"\b([a-z][\w+#-]*)\s+(engineer|architect|scientist|manager|developer|specialist|analyst|"
-    r"researcher|consultant|designer|lead|officer)s?\b"
-)
-_DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed to)\b")
 
 
 @dataclass(frozen=True)
@@ -190,22 +139,22 @@ def answer_question(
         vector = vector / np.linalg.norm(vector)
     query = make_query(search_text, vector, emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
-    kinds = _role_kinds(index, question)
-    required = [*([kinds] if kinds else []), *_distinctive_names(index, question)]
+    kinds = role_kinds(index, question)
+    required = [*([kinds] if kinds else []), *distinctive_names(index, question)]
     if required and hits:
         hits = _with_named(index, query, hits, required, top_k=top_k, mode=mode, allowed=allowed)
     chosen = _choose_sentences(index, query, hits, question, kinds)
-    unknown = _unknown_names(index, question)
+    unknown = unknown_names(index, question)
     # The figure must be in the best quote (with the lines completing it), not in a weaker
     # one about something else: "How much do architects make in Korea?" is not answered by
     # Korea's job growth followed by a US salary.
-    no_figure = bool(chosen) and _lacks_figure(query.text, [_text(c) for c in _lead(chosen)])
+    no_figure = bool(chosen) and lacks_figure(query.text, [_text(c) for c in _lead(chosen)])
     # A question about prompt engineers is not answered by quotes about other engineers,
     # nor one about South Korea by a passage that names none of it. One name of several
     # is enough ("what does RAG mean for LLMs?" is answered about RAG); short ones such
     # as "US" are left out: the articles write them in too many ways.
     off_role = bool(kinds) and not kinds <= _sentence_words(index, chosen[0])
-    names = [n for n in _distinctive_names(index, question) if min(map(len, n)) > 2]
+    names = [n for n in distinctive_names(index, question) if min(map(len, n)) > 2]
     off_name = (
         bool(chosen)
         and bool(names)
@@ -299,14 +248,14 @@ def _choose_sentences(
     for token in query.emphasis:  # a follow-up's own words decide what is new in it
         weights[token] *= FOLLOW_UP_WEIGHT
     stressed = frozenset(query.emphasis)
-    names = _distinctive_names(index, question)
+    names = distinctive_names(index, question)
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
-    wants_figure = bool(_NUMBER_QUESTION.search(normalise(query.text)))
-    figure = _figure_pattern(query.text)
-    wants_definition = bool(_DEFINITION_QUESTION.search(lowered))
-    listing = bool(_LIST_QUESTION.search(lowered))
-    subject = frozenset(query.tokens) - _QUESTION_VERBS if wants_definition else frozenset()
+    wants_figure = bool(NUMBER_QUESTION.search(normalise(query.text)))
+    figure = figure_pattern(query.text)
+    wants_definition = bool(DEFINITION_QUESTION.search(lowered))
+    listing = bool(LIST_QUESTION.search(lowered))
+    subject = frozenset(query.tokens) - QUESTION_VERBS if wants_definition else frozenset()
     scored: list[_Scored] = []
     for hit in hits:
         first = int(index.sentence_start[hit.position])
@@ -342,7 +291,7 @@ def _choose_sentences(
                 opening = frozenset(tokenize(" ".join(text.split()[: len(subject) + 3])))
                 if subject and subject <= opening:
                     score += TYPE_BONUS
-                if _DEFINING.search(text):
+                if DEFINING.search(text):
                     score += TYPE_BONUS / 2
             if text.endswith("?"):
                 score -= TYPE_BONUS  # a question in the text (FAQ) answers nothing itself
@@ -376,46 +325,6 @@ def _choose_sentences(
             continue  # a label without the lines that complete it answers nothing
         chosen.extend(group)
     return chosen
-
-
-def _figure_pattern(question: str) -> re.Pattern[str]:
-    """What a figure looks like for this question: a share, money, a time, or any amount."""
-    lowered = normalise(question)
-    if _SHARE_QUESTION.search(lowered):
-        return _HAS_SHARE
-    if _MONEY_QUESTION.search(lowered) and not _COMPARING.search(lowered):
-        return _HAS_MONEY
-    if _DURATION_QUESTION.search(lowered) and not _FIGURE_ONLY_QUESTION.search(
-        _DURATION_QUESTION.sub(" ", lowered)
-    ):
-        return _HAS_DURATION
-    return _HAS_NUMBER if _TIME_QUESTION.search(lowered) else _HAS_FIGURE
-
-
-def _lacks_figure(question: str, quoted: list[str]) -> bool:
-    """Whether a question only a figure answers got quotes without one.
-
-    >>> _lacks_figure("How much does the exam cost?", ["The exam is advanced."])
-    True
-    >>> _lacks_figure("How long is the exam?", ["It lasts two hours."])
-    False
-    """
-    if not _FIGURE_ONLY_QUESTION.search(normalise(question)):
-        return False
-    lowered = normalise(question)
-    if duration := _DURATION_QUESTION.search(lowered):
-        # "How many hours a week ...?" is not answered in weeks.
-        unit = next((u for u in _UNITS if u in duration.group()), "")
-        if any(_HAS_DURATION.search(t) and unit in t.lower() for t in quoted):
-            return False
-        # "How long is it and what's the fee?" is answered by the fee alone, too.
-        lowered = _DURATION_QUESTION.sub(" ", lowered)
-        if not _FIGURE_ONLY_QUESTION.search(lowered):
-            return True
-    figure = _figure_pattern(lowered)
-    if figure is _HAS_FIGURE or figure is _HAS_NUMBER:  # a count may be written out
-        return not any(figure.search(text) or _NUMBER_WORD.search(text) for text in quoted)
-    return not any(figure.search(text) for text in quoted)
 
 
 def _lead(chosen: list[_Scored]) -> list[_Scored]:
@@ -458,7 +367,7 @@ def _with_continuation(
     chosen = [lead]
     passage = lead.hit.passage
     text = passage.text[slice(*passage.sentences[lead.sentence])]
-    complete = figure.search(text) if figure else _states_figure(text)
+    complete = figure.search(text) if figure else states_figure(text)
     if complete and not text.endswith(":"):
         return chosen
     label = _is_label(text)
@@ -492,74 +401,9 @@ def _with_continuation(
     return chosen
 
 
-def _states_figure(text: str) -> bool:
-    """Whether a line gives an amount, a share or a duration ("Europe: $95,000 annually")."""
-    return bool(_HAS_MONEY.search(text) or "%" in text or _HAS_DURATION.search(text))
-
-
 def _is_label(text: str) -> bool:
     """A heading-like line ("System Performance Metrics", "Sustainable AI:"): short, no figure."""
-    return len(text.split()) < _COMPLETE_WORDS / 2 and not _HAS_NUMBER.search(text)
-
-
-def _names(question: str, proper: frozenset[str] = frozenset()) -> list[tuple[str, list[str]]]:
-    """Names in a question — capitalised words past the first, acronyms, figures, and words
-    the articles only ever write as names (``proper``: "europe", "google") — with tokens."""
-    found = []
-    for match in re.finditer(r"[A-Za-z][\w'-]*|\d[\d,.]*", question):
-        word = match.group()
-        opening = not question[: match.start()].rstrip(" \"'(").rstrip() or question[
-            : match.start()
-        ].rstrip(" \"'(").endswith((".", "?", "!", ":"))  # a sentence's first word
-        named = (word[0].isupper() and not opening) or word.isupper() or word[0].isdigit()
-        named = named or word.lower() in proper
-        if named and normalise(word) not in STOPWORDS and (tokens := tokenize(word)):
-            found.append((word, tokens))
-    return found
-
-
-def _unknown_names(index: Index, question: str) -> list[str]:
-    """Names in the question that no article mentions.
-
-    A question about "Sweden" cannot be answered from articles that never name
-    it, however close the rest of it is to them.
-    """
-    return [word for word, tokens in _names(question) if all(t not in index.idf for t in tokens)]
-
-
-def _distinctive_names(index: Index, question: str) -> list[frozenset[str]]:
-    """Token sets of the question's names that few passages hold (AWS, Mayo Clinic, Singapore).
-
-    Names found in most passages ("AI") tell nothing apart and are left out.
-    """
-    common = math.log(1 + 1 / COMMON_NAME_SHARE)  # IDF of a token in that share of passages
-    return [
-        frozenset(tokens)
-        for _, tokens in _names(question, index.proper_words)
-        if all(t in index.idf for t in tokens) and min(index.idf[t] for t in tokens) > common
-    ]
-
-
-def _role_kinds(index: Index, question: str) -> frozenset[str]:
-    """The words that tell the roles a question asks about from the rest ("prompt", "network").
-
-    The word before a role noun ("prompt engineer", "network architect") counts when the
-    articles use the two together and the word is not in most passages ("AI", "ML"): an
-    answer about AI engineers is no answer to a question about prompt engineers.
-    """
-    common = math.log(1 + 1 / COMMON_NAME_SHARE)
-    found = set()
-    for match in _ROLE.finditer(normalise(question)):
-        head = tokenize(match.group(2))
-        kind = tokenize(match.group(1))
-        if not head or not kind:
-            continue
-        word = kind[-1]
-        if index.idf.get(word, 0) > common and any(
-            word in tokens and head[0] in tokens for tokens in index.sentence_tokens
-        ):
-            found.add(word)
-    return frozenset(found)
+    return len(text.split()) < _COMPLETE_WORDS / 2 and not HAS_NUMBER.search(text)
 
 
 def _cite(hits: list[Hit], chosen: list[_Scored]) -> tuple[tuple[Citation, ...], str]:

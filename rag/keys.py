@@ -49,11 +49,8 @@ def keys_enabled(settings: Settings) -> bool:
 
 
 def create_key(settings: Settings, name: str) -> str:
-    """Make a key named ``name`` and return it; only its hash is kept, so this is the one chance.
-
-    >>> create_key(settings, "mobile-app")  # doctest: +SKIP
-    'rag_3q2...'
-    """
+    """Make a key named ``name`` and return it (``rag_`` and 43 URL-safe characters); only
+    its hash is kept, so this is the one chance to read it."""
     if not _NAME.fullmatch(name):
         raise InputError(
             f"a key name is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter "
