@@ -55,9 +55,12 @@ _MONEY_QUESTION = re.compile(
 # A duration is a number and a unit of time ("two hours", "4 to 6 years").
 _DURATION_QUESTION = re.compile(r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b")
 _UNITS = ("minute", "hour", "day", "week", "month", "year")
+_COUNT = r"(?:(?<![\w-])\d[\d,.]*|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twelve))"
+_UNIT = r"(?:minutes?|hours?|days?|weeks?|months?|years?)"
+# A number next to its unit ("180 minutes", "4 to 6 years", "6 to 12+ months"), or a unit
+# heading a figure ("Duration (weeks): 4 – 12"); not "20–30% of their working hours".
 _HAS_DURATION = re.compile(
-    r"(?=.*\b(minutes?|hours?|days?|weeks?|months?|years?)\b)"
-    r".*((?<![\w-])\d|\b(a|an|one|two|three|four|five|six|seven|eight|nine|ten|twelve)\b)",
+    rf"{_COUNT}(?:\s*(?:–|-|to)\s*\d[\d,.]*)?\+?\s*{_UNIT}\b|\b{_UNIT}\)?:\s*\d",
     re.IGNORECASE,
 )
 _COMPARING = re.compile(

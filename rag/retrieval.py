@@ -14,7 +14,7 @@ from rag.index import Index
 from rag.tokens import expand, tokenize
 
 MODES = ("hybrid", "dense", "bm25")
-RRF_K = 60  # the constant of Cormack et al.; damps the weight of the very first ranks
+RRF_K = 30  # Cormack et al. use 60; 30 ranked better on all four of our question sets
 CANDIDATES = 50  # how deep each ranked list goes into the fusion
 DUPLICATE_COSINE = 0.95  # passages this similar to a better one repeat it and are skipped
 
