@@ -72,7 +72,6 @@ _SYNONYM_GROUPS = (
     "grow growth increase rise",
     "demand need",
     "quit leave attrition turnover",
-    "long duration length",
     "cost price fee tuition",
     "valid validity expire renew renewal recertify recertification",
     "uk britain kingdom",

@@ -88,6 +88,7 @@ def test_every_quoted_sentence_is_in_its_cited_passage(
         "Who won the football world cup in 2022?",
         "What is the capital of Peru?",
         "How much do nurses earn in Norway?",
+        "What certifications do electricians need?",  # a career question, another trade
     ],
 )
 def test_off_topic_questions_are_declined_with_the_closest_passages(
