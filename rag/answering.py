@@ -25,6 +25,7 @@ from rag.questions import (
     role_kinds,
     states_figure,
     unknown_names,
+    unknown_topic,
 )
 from rag.retrieval import Hit, Query, make_query, retrieve
 from rag.tokens import correct_spelling, normalise, synonyms, tokenize
@@ -169,7 +170,7 @@ def answer_question(
     answered = (
         bool(chosen)
         and chosen[0].score >= _required_score(index, query)
-        and not (unknown or no_figure or off_role or off_name)
+        and not (unknown or no_figure or off_role or off_name or unknown_topic(index, question))
     )
     if not answered:
         chosen = []

@@ -11,7 +11,7 @@ import math
 import re
 
 from rag.index import Index
-from rag.tokens import STOPWORDS, normalise, tokenize
+from rag.tokens import STOPWORDS, normalise, synonyms, tokenize
 
 # Names held by more than this share of passages ("AI") tell nothing apart.
 COMMON_NAME_SHARE = 0.1
@@ -187,3 +187,30 @@ def role_kinds(index: Index, question: str) -> frozenset[str]:
         ):
             found.add(word)
     return frozenset(found)
+
+
+# The words that frame a career question rather than say what it is about: "How much do
+# dentists earn?" is about dentists, "What skills does a good chef need?" about chefs.
+_FRAME = frozenset(
+    tokenize(
+        """how much many long often what which who whom when where why does do did is are was
+        can could should would will get got make makes made earn earns earning salary
+        salaries pay pays paid cost costs price fee fees skill skills need needs require
+        required requirement requirements certification certifications certificate
+        qualification qualifications job jobs career careers work works working become hire
+        hired hiring good best top typical average typically usually tip tips way ways learn
+        start thing things people person someone year years day days week month hour time
+        take takes kind kinds type types like really actually also help helps"""
+    )
+)
+
+
+def unknown_topic(index: Index, question: str) -> bool:
+    """Whether every word that says what the question is about is unknown to the articles,
+    even as a synonym: they cannot answer it, however well its frame matches theirs.
+
+    The frame ("how much ... earn", "what skills ... need") is left out of the test; a
+    question with nothing but frame words is not declined by it.
+    """
+    topic = [t for t in tokenize(question) if t not in _FRAME]
+    return bool(topic) and all(all(s not in index.idf for s in synonyms(t)) for t in topic)

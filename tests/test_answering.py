@@ -89,6 +89,8 @@ def test_every_quoted_sentence_is_in_its_cited_passage(
         "What is the capital of Peru?",
         "How much do nurses earn in Norway?",
         "What certifications do electricians need?",  # a career question, another trade
+        "How much do dentists earn?",  # only its frame ("how much ... earn") is in the articles
+        "What qualifications does a plumber need?",
     ],
 )
 def test_off_topic_questions_are_declined_with_the_closest_passages(
