@@ -25,6 +25,7 @@ from rag.questions import (
     role_kinds,
     states_figure,
     unknown_names,
+    unknown_share,
     unknown_topic,
 )
 from rag.retrieval import Hit, Query, make_query, retrieve
@@ -147,10 +148,11 @@ def answer_question(
     query = make_query(search_text, vector, emphasis=emphasis)
     hits = retrieve(index, query, top_k, mode=mode, allowed=allowed)
     kinds = role_kinds(index, question)
-    required = [*([kinds] if kinds else []), *distinctive_names(index, question)]
+    named = distinctive_names(index, question)
+    required = [*([kinds] if kinds else []), *named]
     if required and hits:
         hits = _with_named(index, query, hits, required, top_k=top_k, mode=mode, allowed=allowed)
-    chosen = _choose_sentences(index, query, hits, question, kinds)
+    chosen = _choose_sentences(index, query, hits, question, kinds, named)
     unknown = unknown_names(index, question)
     # The figure must be in the best quote (with the lines completing it), not in a weaker
     # one about something else: "How much do architects make in Korea?" is not answered by
@@ -161,11 +163,11 @@ def answer_question(
     # is enough ("what does RAG mean for LLMs?" is answered about RAG); short ones such
     # as "US" are left out: the articles write them in too many ways.
     off_role = bool(kinds) and not kinds <= _sentence_words(index, chosen[0])
-    names = [n for n in distinctive_names(index, question) if min(map(len, n)) > 2]
+    names = [n for n in named if min(map(len, n)) > 2]
     off_name = (
         bool(chosen)
         and bool(names)
-        and all(n.isdisjoint(_passage_words(index, chosen[0].hit.position)) for n in names)
+        and all(n.isdisjoint(index.passage_tokens[chosen[0].hit.position]) for n in names)
     )
     answered = (
         bool(chosen)
@@ -193,11 +195,7 @@ def _required_score(index: Index, query: Query) -> float:
     electricians need?"): what such a question is about is not in them, however
     well its frame ("what certifications ... need") matches.
     """
-    rare = math.log(1 + len(index.passages))
-    weights = {t: index.idf.get(t, rare) for t in query.tokens}
-    unknown = sum(w for t, w in weights.items() if all(s not in index.idf for s in synonyms(t))) / (
-        sum(weights.values()) or 1.0
-    )
+    unknown = unknown_share(index, query.tokens)
     return ABSTAIN_BELOW + (UNKNOWN_WEIGHT * unknown if unknown >= UNKNOWN_FROM else 0.0)
 
 
@@ -233,11 +231,11 @@ def _with_named(
     ``required`` (a role's word, a name's tokens) not found in any hit brings
     in its best passage, which takes the place of the lowest hit.
     """
-    words = [_passage_words(index, hit.position) for hit in hits]
+    words = [index.passage_tokens[hit.position] for hit in hits]
     missing = [terms for terms in required if not any(terms <= w for w in words)]
     extra: list[Hit] = []
     for terms in missing[: max(0, top_k - 1)]:
-        mask = np.array([terms <= _passage_words(index, p) for p in range(len(index.passages))])
+        mask = np.array([terms <= tokens for tokens in index.passage_tokens])
         if allowed is not None:
             mask &= allowed
         found = retrieve(index, query, 1, mode=mode, allowed=mask) if mask.any() else []
@@ -249,10 +247,6 @@ def _with_named(
     return [*kept, *(replace(hit, rank=len(kept) + i) for i, hit in enumerate(extra))]
 
 
-def _passage_words(index: Index, position: int) -> frozenset[str]:
-    return index.passage_tokens[position]
-
-
 def _sentence_words(index: Index, scored: _Scored) -> frozenset[str]:
     return index.sentence_tokens[scored.row] | index.heading_tokens[scored.hit.position]
 
@@ -262,7 +256,8 @@ def _choose_sentences(
     query: Query,
     hits: list[Hit],
     question: str,
-    kinds: frozenset[str] = frozenset(),
+    kinds: frozenset[str],
+    names: list[frozenset[str]],
 ) -> list[_Scored]:
     if not hits:
         return []
@@ -271,7 +266,6 @@ def _choose_sentences(
     for token in query.emphasis:  # a follow-up's own words decide what is new in it
         weights[token] *= FOLLOW_UP_WEIGHT
     stressed = frozenset(query.emphasis)
-    names = distinctive_names(index, question)
     total = sum(weights.values()) or 1.0
     lowered = normalise(question)
     wants_figure = bool(NUMBER_QUESTION.search(normalise(query.text)))

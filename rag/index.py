@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,7 +19,7 @@ import numpy as np
 from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
-from rag.ingest import Article, corpus_files, load_corpus
+from rag.ingest import Article, CorpusFile, corpus_files, load_corpus
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
@@ -226,11 +225,7 @@ def _write(
         "model": settings.model,
         "dimension": dimension,
         "index_kind": kinds,
-        "chunking": {
-            "chunk_words": settings.chunk_words,
-            "chunk_max_words": settings.chunk_max_words,
-            "chunk_overlap_sentences": settings.chunk_overlap_sentences,
-        },
+        "chunking": _chunking(settings),
         "corpus_files": [asdict(f) for f in files],
         "counts": {
             "articles": len(articles),
@@ -283,22 +278,23 @@ def index_is_current(settings: Settings) -> bool:
     folder as it is now (same files, same SHA-256): rebuilding it would change nothing."""
     try:
         manifest = read_manifest(settings.index_dir)
-        paths = corpus_files(settings.corpus_dir)
-        files = [
-            {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths
-        ]
+        files = [CorpusFile.of(p, p.read_bytes()) for p in corpus_files(settings.corpus_dir)]
     except (RagError, OSError):
         return False
     return (
         manifest.get("model") == settings.model
-        and manifest.get("corpus_files") == files
-        and manifest.get("chunking")
-        == {
-            "chunk_words": settings.chunk_words,
-            "chunk_max_words": settings.chunk_max_words,
-            "chunk_overlap_sentences": settings.chunk_overlap_sentences,
-        }
+        and manifest.get("corpus_files") == [asdict(f) for f in files]
+        and manifest.get("chunking") == _chunking(settings)
     )
+
+
+def _chunking(settings: Settings) -> dict[str, int]:
+    """The chunking settings an index records in its manifest and was built with."""
+    return {
+        "chunk_words": settings.chunk_words,
+        "chunk_max_words": settings.chunk_max_words,
+        "chunk_overlap_sentences": settings.chunk_overlap_sentences,
+    }
 
 
 def read_manifest(index_dir: Path) -> dict:

@@ -66,6 +66,10 @@ class CorpusFile:
     name: str
     sha256: str
 
+    @classmethod
+    def of(cls, path: Path, raw: bytes) -> CorpusFile:
+        return cls(path.name, hashlib.sha256(raw).hexdigest())
+
 
 def article_slug(url: str) -> str:
     """The last path segment of an article URL: ``https://x.com/a-b/`` -> ``a-b``."""
@@ -105,7 +109,7 @@ def load_corpus(corpus_dir: Path) -> tuple[list[Article], list[CorpusFile]]:
     files: list[CorpusFile] = []
     for path in corpus_files(corpus_dir):
         raw = _read_bytes(path)
-        files.append(CorpusFile(path.name, hashlib.sha256(raw).hexdigest()))
+        files.append(CorpusFile.of(path, raw))
         articles.extend(read_articles(path, raw))
     return articles, files
 

@@ -106,9 +106,9 @@ def lacks_figure(question: str, quoted: list[str]) -> bool:
     >>> lacks_figure("How long is the exam?", ["It lasts two hours."])
     False
     """
-    if not FIGURE_ONLY_QUESTION.search(normalise(question)):
-        return False
     lowered = normalise(question)
+    if not FIGURE_ONLY_QUESTION.search(lowered):
+        return False
     if duration := _DURATION_QUESTION.search(lowered):
         # "How many hours a week ...?" is not answered in weeks.
         unit = next((u for u in _UNITS if u in duration.group()), "")
@@ -135,9 +135,8 @@ def names(question: str, proper: frozenset[str] = frozenset()) -> list[tuple[str
     found = []
     for match in re.finditer(r"[A-Za-z][\w'-]*|\d[\d,.]*", question):
         word = match.group()
-        opening = not question[: match.start()].rstrip(" \"'(").rstrip() or question[
-            : match.start()
-        ].rstrip(" \"'(").endswith((".", "?", "!", ":"))  # a sentence's first word
+        before = question[: match.start()].rstrip(" \"'(")
+        opening = not before or before.endswith((".", "?", "!", ":"))  # a sentence's first word
         named = (word[0].isupper() and not opening) or word.isupper() or word[0].isdigit()
         named = named or word.lower() in proper
         if named and normalise(word) not in STOPWORDS and (tokens := tokenize(word)):
@@ -213,4 +212,17 @@ def unknown_topic(index: Index, question: str) -> bool:
     question with nothing but frame words is not declined by it.
     """
     topic = [t for t in tokenize(question) if t not in _FRAME]
-    return bool(topic) and all(all(s not in index.idf for s in synonyms(t)) for t in topic)
+    return bool(topic) and all(_unknown(index, t) for t in topic)
+
+
+def unknown_share(index: Index, tokens: tuple[str, ...] | list[str]) -> float:
+    """The share of the tokens' IDF weight on tokens the articles never use, even as a
+    synonym (a token no passage holds weighs as much as the rarest)."""
+    rare = math.log(1 + len(index.passages))
+    weights = {t: index.idf.get(t, rare) for t in tokens}
+    unknown = sum(w for t, w in weights.items() if _unknown(index, t))
+    return unknown / (sum(weights.values()) or 1.0)
+
+
+def _unknown(index: Index, token: str) -> bool:
+    return all(s not in index.idf for s in synonyms(token))
