@@ -158,31 +158,140 @@ def ask_command(
     click.echo(f"\n({result.took_ms:.0f} ms)")
 
 
+_CORPORA = Path("benchmarks/corpora")
+_CORPORA_CACHE = Path(".cache/corpora")
+
+
+def _corpora_options(command: Any) -> Any:
+    command = click.option(
+        "--corpora",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=_CORPORA,
+        show_default=True,
+        help="Folder with one corpus folder per corpus the question sets name.",
+    )(command)
+    return click.option(
+        "--cache",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=_CORPORA_CACHE,
+        show_default=True,
+        help="Where those corpora's indexes are built and kept.",
+    )(command)
+
+
 @cli.command("eval")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("sets", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--k", "k", type=click.IntRange(1, 20), default=5, show_default=True)
+@click.option(
+    "--folds",
+    type=click.Choice(["corpus"]),
+    help="Leave one corpus out: fit on the others, score it, for each corpus in turn.",
+)
 @click.option("--compare", is_flag=True, help="Also score BM25 alone and dense alone.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="Answer model file.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write scores here.")
 @click.option("--index", "index_dir", type=click.Path(path_type=Path))
+@_corpora_options
 @_fail_cleanly
 def eval_command(
-    file: Path, k: int, compare: bool, json_out: Path | None, index_dir: Path | None
+    sets: tuple[Path, ...],
+    k: int,
+    folds: str | None,
+    compare: bool,
+    model_path: Path | None,
+    json_out: Path | None,
+    index_dir: Path | None,
+    corpora: Path,
+    cache: Path,
 ) -> None:
-    """Score a question set (JSON lines): evidence hit@k, MRR, answers, abstains, latency."""
-    from rag.evaluation import evaluate, load_questions, scores_json, scores_table
+    """Score question sets (JSON lines, files or folders): evidence hit@k, MRR, answers,
+    abstains, latency.
 
-    questions = load_questions(file)
-    index, embedder = _load(_settings(index_dir=index_dir))
-    modes = ("bm25", "dense", "hybrid") if compare else ("hybrid",)
-    all_scores, all_rows = [], []
-    for mode in modes:
-        scores, rows = evaluate(index, embedder, questions, k=k, mode=mode)
-        all_scores.append(scores)
-        all_rows.extend(rows)
-    click.echo(f"{len(questions)} questions, k={k}\n")
-    click.echo(scores_table(all_scores))
+    Without --folds the sets are asked of the index (default: the product's) with the
+    shipped model: figures on sets the model was fitted on are in sample.
+    """
+    from rag.evaluation import (
+        by_corpus,
+        cross_corpus,
+        evaluate,
+        scores_json,
+        scores_table,
+        types_table,
+    )
+    from rag.questionsets import load_questions, set_files
+    from rag.scoring import load_model
+
+    if folds:
+        from rag.embedding import Embedder
+        from rag.fitting import collect, load_corpora, model_from
+        from rag.retrieval import use_one_thread
+
+        settings = _settings()
+        use_one_thread()
+        embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
+        loaded = load_corpora(list(sets), corpora, cache, settings, embedder)
+        if len(loaded) < 2:
+            raise click.ClickException("--folds corpus needs question sets of two corpora or more")
+        rows = cross_corpus(
+            loaded, embedder, model_from, lambda index, qs: collect(index, embedder, qs, top_k=k), k=k
+        )
+        all_scores = by_corpus(rows)
+        click.echo(f"{len(rows)} questions, k={k}, leave one corpus out (out of fold)\n")
+        click.echo(scores_table(all_scores, targets=True))
+        click.echo("\nBy question type, all corpora, out of fold:\n")
+        click.echo(types_table(rows))
+    else:
+        model = load_model(model_path)
+        questions = [q for path in set_files(list(sets)) for q in load_questions(path)]
+        index, embedder = _load(_settings(index_dir=index_dir))
+        modes = ("bm25", "dense", "hybrid") if compare else ("hybrid",)
+        all_scores, rows = [], []
+        for mode in modes:
+            scores, mode_rows = evaluate(index, embedder, questions, k=k, mode=mode, model=model)
+            all_scores.append(scores)
+            rows.extend(mode_rows)
+        fitted = set(model.data.get("fitted_on", {}).get("sources", []))
+        inside = any(str(p) in fitted or p.name in {Path(f).name for f in fitted} for p in sets)
+        label = " (in sample: the model was fitted on these questions)" if inside else ""
+        click.echo(f"{len(questions)} questions, k={k}, model {model.version}{label}\n")
+        click.echo(scores_table(all_scores))
     if json_out:
-        json_out.write_text(scores_json(all_scores, all_rows))
+        json_out.write_text(scores_json(all_scores, rows))
+
+
+@cli.command("fit")
+@click.argument("sets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("rag/models/answer.json"),
+    show_default=True,
+    help="Where to write the answer model.",
+)
+@click.option("--k", "k", type=click.IntRange(1, 20), default=5, show_default=True)
+@_corpora_options
+@_fail_cleanly
+def fit_command(sets: tuple[Path, ...], out: Path, k: int, corpora: Path, cache: Path) -> None:
+    """Fit the answer model on question sets (files or folders) over their corpora."""
+    from rag.embedding import Embedder
+    from rag.fitting import collect, fit_model, load_corpora, write_model
+    from rag.questionsets import set_files
+    from rag.retrieval import use_one_thread
+
+    settings = _settings()
+    use_one_thread()
+    embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
+    loaded = load_corpora(list(sets), corpora, cache, settings, embedder, progress=True)
+    examples = [e for index, qs in loaded.values() for e in collect(index, embedder, qs, top_k=k)]
+    sources = [str(p) for p in set_files(list(sets))]
+    data = fit_model(examples, sources=sources)
+    write_model(data, out)
+    oof = data["out_of_fold"]
+    click.echo(
+        f"fitted {data['version']} on {len(examples)} questions of {len(loaded)} corpora "
+        f"-> {out} (out of fold: false decline {oof['false_decline']:.3f}, "
+        f"unanswerable declined {oof['decline_of_unanswerable']:.3f})"
+    )
 
 
 @cli.command("serve")

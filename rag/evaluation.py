@@ -1,87 +1,107 @@
-"""Evaluation: score retrieval and answers on a question set (the rules of shared/eval/README)."""
+"""Evaluation: score retrieval and answers on question sets, in sample or leaving a corpus out.
+
+The measures follow ``shared/eval/README.md``. `evaluate` scores one index
+with one answer model; `cross_corpus` fits the model on all corpora but one,
+scores the one left out with it, and repeats for each corpus.
+"""
 
 from __future__ import annotations
 
-import html
 import json
-import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from rag.answering import Answer, answer_question
 from rag.embedding import Embedder
-from rag.errors import InputError
 from rag.index import Index
-from rag.tokens import normalise
+from rag.questionsets import EvalQuestion, contains_any, load_questions, match_text
+from rag.scoring import AnswerModel
 
-_RUNS = re.compile(r"[a-z0-9$%]+")
+__all__ = ["EvalQuestion", "contains_any", "load_questions", "match_text"]
 
-
-@dataclass(frozen=True)
-class EvalQuestion:
-    id: str
-    question: str
-    answerable: bool
-    evidence: tuple[str, ...]
-    answer_contains: tuple[str, ...]
+MEASURES = (
+    "evidence_hit",
+    "mrr",
+    "answer_hit",
+    "paraphrase_answer_hit",
+    "follow_up_answer_hit",
+    "false_abstain",
+    "abstain_accuracy",
+    "near_miss_declined",
+    "off_topic_declined",
+    "verbatim",
+)
+TARGETS = {
+    "evidence_hit": (">=", 0.90),
+    "mrr": (">=", 0.75),
+    "answer_hit": (">=", 0.75),
+    "paraphrase_answer_hit": (">=", 0.55),
+    "follow_up_answer_hit": (">=", 0.80),
+    "abstain_accuracy": (">=", 0.85),
+    "false_abstain": ("<=", 0.05),
+    "verbatim": (">=", 1.0),
+}
 
 
 @dataclass(frozen=True)
 class Scores:
-    """The measures of one retriever over a question set."""
+    """The measures over one set of questions (``None`` where it holds none of the kind)."""
 
-    mode: str
+    name: str
     questions: int
-    evidence_hit: float
-    mrr: float
-    answer_hit: float
-    false_abstain: float
-    abstain_accuracy: float
-    p50_ms: float
-    p95_ms: float
+    evidence_hit: float | None
+    mrr: float | None
+    answer_hit: float | None
+    paraphrase_answer_hit: float | None
+    follow_up_answer_hit: float | None
+    false_abstain: float | None
+    abstain_accuracy: float | None
+    near_miss_declined: float | None
+    off_topic_declined: float | None
+    verbatim: float | None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
 
 
-def match_text(text: str) -> str:
-    """Text normalised for matching: entities unescaped, plain quotes and dashes, lower case,
-    only runs of letters, digits, ``$`` and ``%`` joined by single spaces."""
-    return " ".join(_RUNS.findall(normalise(html.unescape(text))))
-
-
-def contains_any(text: str, phrases: tuple[str, ...]) -> bool:
-    normalised = match_text(text)
-    return any(match_text(p) in normalised for p in phrases if match_text(p))
-
-
-def load_questions(path: Path) -> list[EvalQuestion]:
-    """Read a question set, one JSON object a line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    questions = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            questions.append(
-                EvalQuestion(
-                    str(row["id"]),
-                    str(row["question"]),
-                    bool(row["answerable"]),
-                    tuple(row.get("evidence", ())),
-                    tuple(row.get("answer_contains", ())),
-                )
-            )
-        except (ValueError, KeyError, TypeError):
-            raise InputError(
-                f"{path}:{number}: not a question object with id, question and answerable"
-            ) from None
-    if not questions:
-        raise InputError(f"{path}: holds no questions")
-    return questions
+def run(
+    index: Index,
+    embedder: Embedder,
+    questions: list[EvalQuestion],
+    *,
+    k: int = 5,
+    mode: str = "hybrid",
+    model: AnswerModel | None = None,
+) -> list[dict]:
+    """Ask every question once; one row of results per question."""
+    answer_question(index, embedder, "warm-up question about salaries", top_k=k, model=model)
+    rows = []
+    for q in questions:
+        result = answer_question(
+            index, embedder, q.question, top_k=k, history=q.history, mode=mode, model=model
+        )
+        rank = _evidence_rank(result, q)
+        rows.append(
+            {
+                "id": q.id,
+                "corpus": q.corpus,
+                "type": q.type,
+                "follow_up": q.follow_up,
+                "near_miss": q.near_miss,
+                "answerable": q.answerable,
+                "answered": result.answered,
+                "evidence_rank": rank,
+                "answer_hit": bool(
+                    q.answerable and result.answered and contains_any(result.answer, q.answer_contains)
+                ),
+                "verbatim": _verbatim(result),
+                "probability": result.probability,
+                "answer": result.answer,
+                "took_ms": result.took_ms,
+            }
+        )
+    return rows
 
 
 def evaluate(
@@ -91,47 +111,100 @@ def evaluate(
     *,
     k: int = 5,
     mode: str = "hybrid",
+    model: AnswerModel | None = None,
 ) -> tuple[Scores, list[dict]]:
     """Ask every question once and score the results; also return one row per question."""
-    answer_question(index, embedder, "warm-up question about AI salaries", top_k=k, mode=mode)
-    rows, latencies = [], []
-    hit = reciprocal = answer_hit = false_abstain = declined = 0.0
-    answerable = [q for q in questions if q.answerable]
-    for q in questions:
-        result = answer_question(index, embedder, q.question, top_k=k, mode=mode)
-        latencies.append(result.took_ms)
-        rank = _evidence_rank(result, q)
-        if q.answerable:
-            hit += rank is not None
-            reciprocal += 1 / rank if rank else 0
-            answer_hit += result.answered and contains_any(result.answer, q.answer_contains)
-            false_abstain += not result.answered
-        else:
-            declined += not result.answered
-        rows.append(
-            {
-                "id": q.id,
-                "mode": mode,
-                "answered": result.answered,
-                "evidence_rank": rank,
-                "answer": result.answer,
-                "took_ms": result.took_ms,
-            }
-        )
-    unanswerable = len(questions) - len(answerable)
-    n = max(len(answerable), 1)
-    scores = Scores(
-        mode=mode,
-        questions=len(questions),
-        evidence_hit=round(hit / n, 3),
-        mrr=round(reciprocal / n, 3),
-        answer_hit=round(answer_hit / n, 3),
-        false_abstain=round(false_abstain / n, 3),
-        abstain_accuracy=round(declined / unanswerable, 3) if unanswerable else 1.0,
-        p50_ms=round(float(np.percentile(latencies, 50)), 1),
-        p95_ms=round(float(np.percentile(latencies, 95)), 1),
+    rows = run(index, embedder, questions, k=k, mode=mode, model=model)
+    return score(mode, rows), rows
+
+
+def cross_corpus(
+    corpora: dict[str, tuple[Index, list[EvalQuestion]]],
+    embedder: Embedder,
+    fit: Callable[[list], AnswerModel],
+    collect: Callable[[Index, list[EvalQuestion]], list],
+    *,
+    k: int = 5,
+) -> list[dict]:
+    """Leave one corpus out: for each corpus, fit on the others and answer its questions."""
+    examples = {name: collect(index, qs) for name, (index, qs) in corpora.items()}
+    rows: list[dict] = []
+    for name, (index, questions) in corpora.items():
+        training = [e for other, ex in examples.items() if other != name for e in ex]
+        model = fit(training)
+        rows.extend(run(index, embedder, questions, k=k, model=model))
+    return rows
+
+
+def score(name: str, rows: list[dict]) -> Scores:
+    """The measures of a list of question rows (see `run`)."""
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+
+    def share(items: list[dict], test: Callable[[dict], bool]) -> float | None:
+        return round(sum(map(test, items)) / len(items), 3) if items else None
+
+    answered = [r for r in rows if r["answered"]]
+    latencies = [r["took_ms"] for r in rows if "took_ms" in r]
+    return Scores(
+        name=name,
+        questions=len(rows),
+        evidence_hit=share(answerable, lambda r: r["evidence_rank"] is not None),
+        mrr=share(answerable, lambda r: 1 / r["evidence_rank"] if r["evidence_rank"] else 0),
+        answer_hit=share(answerable, lambda r: r["answer_hit"]),
+        paraphrase_answer_hit=share(
+            [r for r in answerable if r["type"] == "paraphrase"], lambda r: r["answer_hit"]
+        ),
+        follow_up_answer_hit=share(
+            [r for r in answerable if r["follow_up"]], lambda r: r["answer_hit"]
+        ),
+        false_abstain=share(answerable, lambda r: not r["answered"]),
+        abstain_accuracy=share(unanswerable, lambda r: not r["answered"]),
+        near_miss_declined=share(
+            [r for r in unanswerable if r["near_miss"]], lambda r: not r["answered"]
+        ),
+        off_topic_declined=share(
+            [r for r in unanswerable if not r["near_miss"]], lambda r: not r["answered"]
+        ),
+        verbatim=share(answered, lambda r: r["verbatim"]),
+        p50_ms=round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+        p95_ms=round(float(np.percentile(latencies, 95)), 1) if latencies else None,
     )
-    return scores, rows
+
+
+def by_corpus(rows: list[dict]) -> list[Scores]:
+    """Scores per corpus, then their mean (each corpus weighs the same)."""
+    names = list(dict.fromkeys(r["corpus"] for r in rows))
+    per = [score(n, [r for r in rows if r["corpus"] == n]) for n in names]
+    return [*per, mean_scores(per)] if len(per) > 1 else per
+
+
+def by_type(rows: list[dict]) -> list[tuple[str, int, float | None]]:
+    """Answer hit by question type (and decline rate for unanswerable ones)."""
+    kinds: dict[str, list[dict]] = {}
+    for r in rows:
+        kind = r["type"] or "untyped"
+        if not r["answerable"]:
+            kind = "near miss" if r["near_miss"] else "off topic"
+        kinds.setdefault(kind, []).append(r)
+        if r["follow_up"]:
+            kinds.setdefault("follow-up (any type)", []).append(r)
+    result = []
+    for kind, items in sorted(kinds.items()):
+        if items[0]["answerable"]:
+            value = sum(r["answer_hit"] for r in items) / len(items)
+        else:
+            value = sum(not r["answered"] for r in items) / len(items)
+        result.append((kind, len(items), round(value, 3)))
+    return result
+
+
+def mean_scores(per: list[Scores]) -> Scores:
+    values: dict = {}
+    for measure in (*MEASURES, "p50_ms", "p95_ms"):
+        found = [getattr(s, measure) for s in per if getattr(s, measure) is not None]
+        values[measure] = round(sum(found) / len(found), 3) if found else None
+    return Scores(name="mean", questions=sum(s.questions for s in per), **values)
 
 
 def _evidence_rank(result: Answer, question: EvalQuestion) -> int | None:
@@ -143,20 +216,58 @@ def _evidence_rank(result: Answer, question: EvalQuestion) -> int | None:
     return None
 
 
-def scores_table(all_scores: list[Scores]) -> str:
-    """A Markdown table of the measures, one row per retriever."""
-    head = (
-        "| retriever | evidence hit@k | MRR | answer hit | false abstain "
-        "| abstain accuracy | p50 ms | p95 ms |"
+def _verbatim(result: Answer) -> bool:
+    """Whether every quoted span is in its passage and in the answer as shown."""
+    return all(
+        f"{c.text[start:end]} [{c.n}]" in result.answer
+        for c in result.citations
+        for start, end in c.highlights
     )
-    lines = [head, "|" + "---|" * 8]
-    for s in all_scores:
-        lines.append(
-            f"| {s.mode} | {s.evidence_hit:.3f} | {s.mrr:.3f} | {s.answer_hit:.3f} | "
-            f"{s.false_abstain:.3f} | {s.abstain_accuracy:.3f} | {s.p50_ms:.1f} | {s.p95_ms:.1f} |"
-        )
+
+
+def scores_table(all_scores: list[Scores], *, targets: bool = False) -> str:
+    """A Markdown table of the measures, one row per set (with the targets when asked)."""
+    head = [
+        "set",
+        "n",
+        "evidence hit@k",
+        "MRR",
+        "answer hit",
+        "paraphrase",
+        "follow-up",
+        "false abstain",
+        "abstain acc.",
+        "near miss",
+        "off topic",
+        "verbatim",
+        "p50 ms",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = list(all_scores)
+    for s in rows:
+        cells = [s.name, str(s.questions)]
+        cells += [_cell(getattr(s, m)) for m in MEASURES]
+        cells.append(_cell(s.p50_ms, 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    if targets:
+        cells = ["target", ""]
+        for m in MEASURES:
+            op, value = TARGETS.get(m, ("", None))
+            cells.append(f"{op} {value:.2f}" if value is not None else "")
+        cells.append("≤ 10")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def types_table(rows: list[dict]) -> str:
+    lines = ["| question type | n | answer hit (declined, for unanswerable) |", "|---|---|---|"]
+    lines += [f"| {kind} | {n} | {value:.3f} |" for kind, n, value in by_type(rows)]
     return "\n".join(lines)
 
 
 def scores_json(all_scores: list[Scores], rows: list[dict]) -> str:
     return json.dumps({"scores": [asdict(s) for s in all_scores], "questions": rows}, indent=1)
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"

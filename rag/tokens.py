@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import cache
+from pathlib import Path
 
 import Stemmer
 from rapidfuzz import process
@@ -55,42 +56,22 @@ def tokenize(text: str) -> list[str]:
     return _stemmer().stemWords(words)
 
 
-# Words people use for the same career notions as the articles, by stem. A question
-# about what engineers "earn annually" must reach a table of "salary ... dollars/year".
-_SYNONYM_GROUPS = (
-    "earn salary pay paid compensation comp wage income",
-    "annually annual yearly year",
-    "job role position opening vacancy",
-    "hire hiring recruit recruiting recruitment",
-    "certification certificate credential",
-    "skill competency competence",
-    "company employer organization firm enterprise corporation business",
-    "deploy deployment rollout roll",
-    "exam test",
-    "remote online home",
-    "require need",
-    "grow growth increase rise",
-    "demand need",
-    "quit leave attrition turnover",
-    "cost price fee tuition",
-    "valid validity expire renew renewal recertify recertification",
-    "uk britain kingdom",
-    "usa america",
-    # shorthand people type
-    "average avg",
-    "prepare preparation prep",
-    "year yrs",
-    "developer dev",
-    "engineer eng",
-    "manager mgr",
-)
+# Words people use for the same career notions as the articles, by stem: a data file,
+# one group a line, checked for collisions by the tests.
+SYNONYMS_FILE = "synonyms.txt"
+
+
+def synonym_groups() -> list[list[str]]:
+    """The synonym groups of ``rag/data/synonyms.txt``, as words."""
+    text = (Path(__file__).parent / "data" / SYNONYMS_FILE).read_text(encoding="utf-8")
+    return [line.split() for line in text.splitlines() if line.strip() and line[0] != "#"]
 
 
 @cache
 def _synonyms() -> dict[str, frozenset[str]]:
     table: dict[str, set[str]] = {}
-    for group in _SYNONYM_GROUPS:
-        stems = set(_stemmer().stemWords(group.split()))
+    for group in synonym_groups():
+        stems = set(_stemmer().stemWords(group))
         for stem in stems:
             table.setdefault(stem, set()).update(stems)
     return {stem: frozenset(group) for stem, group in table.items()}

@@ -1,0 +1,159 @@
+"""Figures: what kind of figure a question asks for, and which kinds a quote states.
+
+Regular expressions compute features here and decide nothing on their own: the
+answer model (`rag.scoring`) weighs whether a quote states the kind of figure a
+question asks for against everything else it knows.
+"""
+
+from __future__ import annotations
+
+import re
+
+KINDS = (
+    "amount",
+    "share",
+    "duration",
+    "date",
+    "count",
+    "list",
+    "definition",
+    "yesno",
+    "comparison",
+    "other",
+)
+FIGURE_KINDS = ("amount", "share", "duration", "date", "count")
+
+_NUMBER_WORDS = (
+    "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+    "sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
+    "hundred|thousand|million|billion|dozen|a few|several|a couple of|a|an|half an?"
+)
+_COUNT = rf"(?:(?<![\w-])\d[\d,.]*\+?|\b(?:{_NUMBER_WORDS})\b)"
+_UNIT = r"(?:minutes?|mins?|hours?|hrs?|h|days?|weeks?|wks?|months?|mos?|years?|yrs?|decades?|semesters?|quarters?)"
+
+# Money: a currency sign or code next to a number, a number with k/m/lakh/LPA, or "free".
+_CURRENCY = (
+    r"[$€£₹¥]|\b(?:usd|eur|gbp|inr|aed|sgd|cad|aud|chf|jpy|cny|sek|nok|dkk|nzd|zar|brl|"
+    r"dollars?|euros?|pounds?|rupees?|francs?|yen)\b"
+)
+_HAS_AMOUNT = re.compile(
+    rf"(?:{_CURRENCY})\s?\d|\d[\d,.]*\s?(?:{_CURRENCY})|\b\d[\d,.]*\s?(?:k|m|mn|bn|lakhs?|lpa|crores?)\b"
+    r"|\bfree\b|\bno (?:cost|charge|fee)\b|\bat no cost\b",
+    re.IGNORECASE,
+)
+_HAS_SHARE = re.compile(
+    r"%|\bper ?cent\b|\bpercentage points?\b|\bhalf\b|\b(?:a|one)[- ](?:third|quarter|fifth|tenth)\b"
+    r"|\b(?:two|three|four)[- ](?:thirds|quarters|fifths)\b|\b(?:one|1) (?:in|out of) \w+\b"
+    r"|\bmajority\b",
+    re.IGNORECASE,
+)
+_HAS_DURATION = re.compile(
+    rf"{_COUNT}(?:\s*(?:–|-|to|or)\s*\d[\d,.]*)?\+?[\s-]*{_UNIT}\b|\b\d+(?:\.\d+)?\s?(?:h|hr|hrs|min|mins)\b"
+    rf"|\b{_UNIT}\)?:\s*\d|\b(?:annual(?:ly)?|yearly|monthly|weekly|quarterly|biannual(?:ly)?|every (?:year|month|week|quarter))\b",
+    re.IGNORECASE,
+)
+_HAS_DATE = re.compile(
+    r"\b(?:19|20)\d\d\b|\b(?:january|february|march|april|may|june|july|august|september|"
+    r"october|november|december)\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b",
+    re.IGNORECASE,
+)
+# A count or any other amount: digits that are not part of a code ("AI-102", "A100").
+_HAS_COUNT = re.compile(
+    rf"(?<![\w-])\d|\b(?:{_NUMBER_WORDS.replace('|a|an|half an?', '')})\b", re.IGNORECASE
+)
+HAS_DIGIT = re.compile(r"(?<![\w-])\d")
+
+_STATES = {
+    "amount": _HAS_AMOUNT,
+    "share": _HAS_SHARE,
+    "duration": _HAS_DURATION,
+    "date": _HAS_DATE,
+    "count": _HAS_COUNT,
+}
+
+_ASKS_SHARE = re.compile(
+    r"\b(percent|percentage|what share|what proportion|what fraction|how many of|"
+    r"(pass|passing|success|failure|attrition|turnover|retention|acceptance|approval) rate)\b|%"
+)
+_ASKS_AMOUNT = re.compile(
+    r"\b(salar(y|ies)|earn(s|ing|ings)?|paid|pay|pays|cost(s)?|fees?|tuition|price[sd]?|"
+    r"compensation|wages?|income|bonus(es)?|budget|cheap(est|er)?|expensive|afford|"
+    r"how much (money|cash))\b|\bhow much (do|does|did|can|could|would|will|is|are)\b.*\b(make|get|cost)\b"
+)
+_ASKS_DURATION = re.compile(
+    r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b|\bhow often\b|\bhow soon\b"
+    r"|\bwhat (duration|length|period|timeline)\b"
+)
+_ASKS_DATE = re.compile(r"\b(when|what year|which year|by when|since when|what date|deadline)\b")
+_ASKS_COUNT = re.compile(
+    r"\bhow many\b|\bnumber of\b|\bhow big\b|\bhow large\b|\b(what|which|passing|pass) "
+    r"(score|mark|grade|level)\b|\bscore (do|does) (i|you|one) need\b"
+)
+_ASKS_LIST = re.compile(
+    r"^(what|which) (are|were)\b|\b(steps|tips|ways|prerequisites|requirements|skills|tools|"
+    r"reasons|examples|types|kinds|stages|strategies|techniques|practices|factors|benefits|"
+    r"challenges|responsibilities|duties|options|platforms|languages|frameworks|things|list)\b"
+    r"|^how (do|can|should|to|would)\b"
+)
+_ASKS_DEFINITION = re.compile(
+    r"^(what|who) (is|are|was|were)( an?| the)?\b(?!.*\b(of|for|in|between|than)\b)|\bmean(s|ing)?\b|\bdefin|"
+    r"^what does .* (do|stand for)$"
+)
+_ASKS_COMPARISON = re.compile(
+    r"\b(vs|versus|compared?|comparison|differ(ence|ent|s)?|better|worse|rather than|or)\b"
+    r"|\b(more|less|higher|lower) than\b"
+)
+_ASKS_YESNO = re.compile(
+    r"^(is|are|do|does|did|can|could|should|will|would|has|have|must|may|was|were)\b"
+)
+
+
+def wanted_kind(lowered: str) -> str:
+    """The kind of answer a lower-cased question asks for, one of `KINDS`.
+
+    >>> wanted_kind("how long is the aws exam?")
+    'duration'
+    >>> wanted_kind("what is mlops?")
+    'definition'
+    >>> wanted_kind("which cloud certification is cheapest")
+    'amount'
+    """
+    text = lowered.strip().rstrip("?!. ")
+    if _ASKS_SHARE.search(text):
+        return "share"
+    if _ASKS_DURATION.search(text):
+        return "duration"
+    if _ASKS_AMOUNT.search(text):
+        return "amount"
+    if _ASKS_DATE.search(text):
+        return "date"
+    if _ASKS_COUNT.search(text):
+        return "count"
+    if _ASKS_DEFINITION.search(text):
+        return "definition"
+    if _ASKS_LIST.search(text):
+        return "list"
+    if _ASKS_YESNO.search(text):
+        return "yesno"
+    if _ASKS_COMPARISON.search(text):
+        return "comparison"
+    return "other"
+
+
+def states(kind: str, text: str) -> bool:
+    """Whether ``text`` states a figure of ``kind`` (a kind of `FIGURE_KINDS`).
+
+    >>> [states("amount", t) for t in ("12 LPA", "CHF 150,000", "it is free", "AI-102")]
+    [True, True, True, False]
+    >>> [states("duration", t) for t in ("a decade", "2h", "4 to 6 years", "20% of hours")]
+    [True, True, True, False]
+    >>> states("share", "one-fifth of them")
+    True
+    """
+    pattern = _STATES.get(kind)
+    return bool(pattern and pattern.search(text))
+
+
+def states_any(text: str) -> bool:
+    """Whether ``text`` states an amount, a share or a duration ("Europe: $95,000 annually")."""
+    return any(states(kind, text) for kind in ("amount", "share", "duration"))

@@ -1,0 +1,279 @@
+"""Fitting: learn the answer model's weights, calibration and threshold from question sets.
+
+`collect` runs the real pipeline up to scoring on each question and keeps the
+candidates' features with their labels (does the quote hold an expected
+answer phrase?). `fit_model` then fits, with scikit-learn, a logistic ranker
+over candidates and a logistic answer/decline decision over the best
+candidate's evidence, calibrates the decision out of fold (Platt scaling on
+scores of corpora each model did not see), and picks the threshold that keeps
+the out-of-fold false-decline rate within its budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rag.analysis import Question, analyse
+from rag.embedding import Embedder
+from rag.questionsets import EvalQuestion, contains_any
+from rag.index import Index
+from rag.retrieval import Hit, question_query, retrieve_for
+from rag.scoring import (
+    CANDIDATE_FEATURES,
+    MODEL_FORMAT,
+    QUESTION_FEATURES,
+    AnswerModel,
+    Candidate,
+    candidates,
+    question_features,
+)
+
+# The share of answerable questions the decision may decline, out of fold: a wrong
+# decline costs a reader an answer the articles hold; a wrong answer shows its sources.
+FALSE_DECLINE_BUDGET = 0.05
+# A further unit joins the answer when the ranker finds it more likely right than wrong.
+JOIN_PROBABILITY = 0.5
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question run through retrieval and scoring, ready to fit on."""
+
+    question: EvalQuestion
+    analysed: Question
+    hits: tuple[Hit, ...]
+    pool: tuple[Candidate, ...]
+    labels: np.ndarray  # per candidate: its quote holds an expected answer phrase
+
+
+def collect(
+    index: Index, embedder: Embedder, questions: list[EvalQuestion], *, top_k: int = 5
+) -> list[Example]:
+    """Every question's candidates and labels, on the real index and model."""
+    examples = []
+    for q in questions:
+        analysed = analyse(q.question, q.history, index)
+        vector = embedder.encode_query(analysed.search_text)
+        if analysed.follow_up:
+            vector = vector + embedder.encode_query(analysed.text)
+            vector = vector / np.linalg.norm(vector)
+        required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
+        hits = retrieve_for(index, question_query(analysed, vector), top_k, required=required)
+        pool = candidates(index, analysed, vector, hits)
+        labels = np.array(
+            [q.answerable and contains_any(c.text(), q.answer_contains) for c in pool], dtype=bool
+        )
+        examples.append(Example(q, analysed, tuple(hits), tuple(pool), labels))
+    return examples
+
+
+def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> dict:
+    """The answer model, as the data of `rag/models/answer.json`.
+
+    Groups for out-of-fold calibration are the questions' corpora; with one
+    corpus, five folds of its questions stand in.
+    """
+    groups = np.array([e.question.corpus for e in examples])
+    ranker = _fit_ranker(examples)
+    oof_scores = _out_of_fold_ranks(examples, groups)
+    # P(a candidate's quote answers) from its ranker score, fitted on out-of-fold scores.
+    scored = [(s, e.labels) for e, s in zip(examples, oof_scores, strict=True) if e.pool]
+    answerable = [e.question.answerable for e in examples if e.pool]
+    unit_scores = np.concatenate([s for (s, _), a in zip(scored, answerable, strict=True) if a])
+    unit_labels = np.concatenate([lab for (_, lab), a in zip(scored, answerable, strict=True) if a])
+    ranker_platt = _platt(unit_scores, unit_labels)
+    X = np.array([_evidence(e, s) for e, s in zip(examples, oof_scores, strict=True)])
+    y = np.array([e.question.answerable for e in examples])
+    decider = _fit_linear(X, y)
+    decision_oof = _out_of_fold_decisions(X, y, groups)
+    platt = _platt(decision_oof, y)
+    probabilities = 1 / (1 + np.exp(platt[0] * decision_oof + platt[1]))
+    threshold = _threshold(probabilities[y], FALSE_DECLINE_BUDGET)
+    body = {
+        "format": MODEL_FORMAT,
+        "ranker": {
+            "features": list(CANDIDATE_FEATURES),
+            **ranker,
+            "platt": [round(ranker_platt[0], 6), round(ranker_platt[1], 6)],
+        },
+        "decider": {
+            "features": list(QUESTION_FEATURES),
+            **decider,
+            "platt": [round(platt[0], 6), round(platt[1], 6)],
+            "threshold": round(threshold, 6),
+            "false_decline_budget": FALSE_DECLINE_BUDGET,
+        },
+        "join_probability": JOIN_PROBABILITY,
+        "fitted_on": {
+            "sources": sorted(sources or []),
+            "questions": len(examples),
+            "answerable": int(y.sum()),
+            "corpora": {g: int((groups == g).sum()) for g in sorted(set(groups.tolist()))},
+            "candidates": int(sum(len(e.pool) for e in examples)),
+        },
+        "out_of_fold": {
+            "false_decline": round(float((probabilities[y] < threshold).mean()), 4),
+            "decline_of_unanswerable": round(
+                float((probabilities[~y] < threshold).mean()) if (~y).any() else 1.0, 4
+            ),
+        },
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    return {"version": f"answer-{digest}", **body}
+
+
+def model_from(examples: list[Example]) -> AnswerModel:
+    """An `AnswerModel` fitted on ``examples`` (as `rag eval --folds` fits each fold)."""
+    return AnswerModel.from_dict(fit_model(examples))
+
+
+def write_model(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _candidate_rows(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [e for e in examples if e.question.answerable and e.pool]
+    X = np.concatenate([np.array([c.features for c in e.pool]) for e in rows])
+    y = np.concatenate([e.labels for e in rows])
+    return X, y
+
+
+def _fit_ranker(examples: list[Example]) -> dict:
+    """A pairwise logistic ranker: within each answerable question, every quote that holds
+    an answer phrase should score above every quote that holds none."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, _ = _candidate_rows(examples)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    pairs = []
+    for e in examples:
+        if not e.question.answerable or not e.labels.any() or e.labels.all():
+            continue
+        f = (np.array([c.features for c in e.pool]) - mean) / scale
+        pairs.append((f[e.labels][:, None, :] - f[~e.labels][None, :, :]).reshape(-1, f.shape[1]))
+    D = np.concatenate(pairs)
+    fitted = LogisticRegression(max_iter=2000, fit_intercept=False).fit(
+        np.concatenate([D, -D]), np.r_[np.ones(len(D)), np.zeros(len(D))]
+    )
+    return {
+        "mean": [round(float(v), 6) for v in mean],
+        "scale": [round(float(v), 6) for v in scale],
+        "coef": [round(float(v), 6) for v in fitted.coef_[0]],
+        "intercept": 0.0,
+    }
+
+
+def _fit_linear(X: np.ndarray, y: np.ndarray) -> dict:
+    """Standardised logistic regression (scikit-learn defaults), as plain numbers."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    model = LogisticRegression(max_iter=2000).fit((X - scaler.mean_) / scale, y)
+    return {
+        "mean": [round(float(v), 6) for v in scaler.mean_],
+        "scale": [round(float(v), 6) for v in scale],
+        "coef": [round(float(v), 6) for v in model.coef_[0]],
+        "intercept": round(float(model.intercept_[0]), 6),
+    }
+
+
+def _score(params: dict, X: np.ndarray) -> np.ndarray:
+    mean, scale = np.array(params["mean"]), np.array(params["scale"])
+    return ((X - mean) / scale) @ np.array(params["coef"]) + params["intercept"]
+
+
+def _folds(groups: np.ndarray) -> list[np.ndarray]:
+    """Held-out masks: one per corpus, or five interleaved folds when there is one corpus."""
+    names = sorted(set(groups.tolist()))
+    if len(names) > 1:
+        return [groups == g for g in names]
+    positions = np.arange(len(groups))
+    return [positions % 5 == k for k in range(5)]
+
+
+def _out_of_fold_ranks(examples: list[Example], groups: np.ndarray) -> list[np.ndarray]:
+    """Each question's candidate scores from a ranker fitted without its corpus."""
+    scores: list[np.ndarray] = [np.zeros(0)] * len(examples)
+    for held in _folds(groups):
+        train = [e for e, h in zip(examples, held, strict=True) if not h]
+        params = _fit_ranker(train)
+        for n in np.flatnonzero(held):
+            pool = examples[n].pool
+            scores[n] = _score(params, np.array([c.features for c in pool])) if pool else scores[n]
+    return scores
+
+
+def _evidence(example: Example, scores: np.ndarray) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    ranked = [example.pool[i] for i in order]
+    return question_features(example.analysed, ranked, scores[order], list(example.hits))
+
+
+def _out_of_fold_decisions(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    decisions = np.zeros(len(y))
+    for held in _folds(groups):
+        params = _fit_linear(X[~held], y[~held])
+        decisions[held] = _score(params, X[held])
+    return decisions
+
+
+def _platt(decisions: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: P(answered) = 1 / (1 + exp(a * decision + b)), fitted out of fold."""
+    from sklearn.linear_model import LogisticRegression
+
+    fitted = LogisticRegression().fit(decisions[:, None], y)
+    return -float(fitted.coef_[0][0]), -float(fitted.intercept_[0])
+
+
+def _threshold(answerable: np.ndarray, budget: float) -> float:
+    """The highest threshold that declines at most ``budget`` of answerable questions."""
+    ordered = np.sort(answerable)
+    allowed = math.floor(budget * len(ordered))
+    if allowed >= len(ordered):
+        return 1.0
+    return float(ordered[allowed])
+
+
+def load_corpora(
+    set_paths: list[Path],
+    corpora_root: Path,
+    cache_root: Path,
+    settings: object,
+    embedder: Embedder,
+    *,
+    progress: bool = False,
+) -> dict[str, tuple[Index, list[EvalQuestion]]]:
+    """Each corpus the question sets name, indexed (built when missing or out of date under
+    ``cache_root/<corpus>/index``) from ``corpora_root/<corpus>``, with its questions."""
+    from rag.errors import InputError
+    from rag.index import build_index, index_is_current, load_index
+    from rag.questionsets import load_questions, set_files
+
+    questions: dict[str, list[EvalQuestion]] = {}
+    for path in set_files(set_paths):
+        for q in load_questions(path):
+            questions.setdefault(q.corpus, []).append(q)
+    loaded = {}
+    for name in sorted(questions):
+        folder = corpora_root / name
+        if not folder.is_dir():
+            raise InputError(
+                f"question sets name the corpus {name!r} but {folder} is no folder; "
+                "pass --corpora with the folder that holds one folder per corpus"
+            )
+        corpus_settings = settings.with_(corpus_dir=folder, index_dir=cache_root / name / "index")
+        if not index_is_current(corpus_settings):
+            build_index(corpus_settings, embedder, progress=progress)
+        loaded[name] = (load_index(corpus_settings, embedder), questions[name])
+    return loaded
