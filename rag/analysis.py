@@ -25,6 +25,11 @@ _CONNECTIVE = re.compile(
 )
 _FRAGMENT = re.compile(r"^(in|for|at|on|with|without|from|to|by|as|versus|vs)\b")
 _ANAPHOR = re.compile(r"\b(it|its|this|these|those|they|them|that one|those ones|he|she)\b")
+# "it" standing for nothing before it: "how long does it take to ...", "is it worth ...".
+_DUMMY_IT = re.compile(
+    r"\b(worth|make|makes|made) it\b|\bit (take|takes|took|worth|possible|hard|easy|"
+    r"necessary|common|true|better|required|normal|realistic|ok|okay|a good idea|likely)\b"
+)
 _ROLE_NOUN = (
     r"engineers?|architects?|scientists?|managers?|developers?|specialists?|analysts?|"
     r"researchers?|consultants?|designers?|leads?|officers?|directors?|interns?|"
@@ -157,19 +162,16 @@ def is_follow_up(text: str, *, has_history: bool) -> bool:
     lowered = normalise(text).strip(" ?!.")
     if not tokenize(lowered):  # "why?", "how so?"
         return True
-    return bool(
-        _CONNECTIVE.match(lowered) or _FRAGMENT.match(lowered) or _ANAPHOR.search(lowered)
-    )
+    pointing = _ANAPHOR.search(_DUMMY_IT.sub(" ", lowered))
+    return bool(_CONNECTIVE.match(lowered) or _FRAGMENT.match(lowered) or pointing)
 
 
 def _frame(previous: list[str]) -> str:
     """The question a follow-up continues: the last complete one, with its own follow-ups."""
     frame = ""
     for i, earlier in enumerate(previous):
-        if i and is_follow_up(earlier, has_history=True):
-            frame = f"{frame} {earlier}"
-        else:
-            frame = earlier
+        continues = i and is_follow_up(earlier, has_history=True)
+        frame = f"{frame} {earlier}" if continues else earlier
     return frame
 
 
@@ -213,9 +215,7 @@ def _names(question: str, proper: frozenset[str]) -> list[tuple[str, list[str]]]
     return found
 
 
-def _distinctive(
-    index: Index, written: list[tuple[str, list[str]]]
-) -> tuple[frozenset[str], ...]:
+def _distinctive(index: Index, written: list[tuple[str, list[str]]]) -> tuple[frozenset[str], ...]:
     common = math.log(1 + 1 / COMMON_NAME_SHARE)  # IDF of a token in that share of passages
     return tuple(
         frozenset(tokens)
@@ -237,9 +237,13 @@ def role_kinds(index: Index, text: str) -> frozenset[str]:
     found = set()
     for match in _ROLE.finditer(normalise(text)):
         head, kind = tokenize(match.group(2)), tokenize(match.group(1))
-        if head and kind and index.idf.get(kind[-1], 0) > common:
-            if _cooccur(index, kind[-1], head[0]):
-                found.add(kind[-1])
+        if (
+            head
+            and kind
+            and index.idf.get(kind[-1], 0) > common
+            and _cooccur(index, kind[-1], head[0])
+        ):
+            found.add(kind[-1])
     return frozenset(found)
 
 
@@ -262,7 +266,5 @@ def unknown_share(index: Index, tokens: tuple[str, ...] | list[str]) -> float:
     synonym (a token no passage holds weighs as much as the rarest)."""
     rare = math.log(1 + len(index.passages))
     weights = {t: index.idf.get(t, rare) for t in tokens}
-    unknown = sum(
-        w for t, w in weights.items() if all(s not in index.idf for s in synonyms(t))
-    )
+    unknown = sum(w for t, w in weights.items() if all(s not in index.idf for s in synonyms(t)))
     return unknown / (sum(weights.values()) or 1.0)

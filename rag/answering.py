@@ -103,7 +103,11 @@ def answer_question(
         vector = vector / np.linalg.norm(vector)
     required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
     hits = retrieve_for(
-        index, question_query(analysed, vector), top_k, required=required, mode=mode,
+        index,
+        question_query(analysed, vector),
+        top_k,
+        required=required,
+        mode=mode,
         allowed=allowed,
     )
     pool = candidates(index, analysed, vector, hits)
@@ -207,7 +211,9 @@ def _explain(
             }
             for c, s in zip(ranked[:_EXPLAINED], scores[:_EXPLAINED], strict=False)
         ],
-        "evidence": {n: round(float(v), 4) for n, v in zip(QUESTION_FEATURES, evidence)},
+        "evidence": {
+            n: round(float(v), 4) for n, v in zip(QUESTION_FEATURES, evidence, strict=True)
+        },
         "probability": round(probability, 4),
         "threshold": round(model.threshold, 4),
         "decided": decided,

@@ -108,6 +108,11 @@ def _load(settings: Settings) -> tuple[Any, Any]:
 @click.option("--after", help="Only articles published on or after this day (YYYY-MM-DD).")
 @click.option("--before", help="Only articles published on or before this day (YYYY-MM-DD).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result object as JSON.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also show the question analysis, the top candidates and why the model decided.",
+)
 @click.option("--index", "index_dir", type=click.Path(path_type=Path))
 @_fail_cleanly
 def ask_command(
@@ -118,6 +123,7 @@ def ask_command(
     after: str | None,
     before: str | None,
     as_json: bool,
+    explain: bool,
     index_dir: Path | None,
 ) -> None:
     """Answer QUESTION with quoted, cited sentences."""
@@ -145,7 +151,7 @@ def ask_command(
         published_before=published_before,
     )
     result = answer_question(
-        index, embedder, question, top_k=top_k, history=history, allowed=allowed
+        index, embedder, question, top_k=top_k, history=history, allowed=allowed, explain=explain
     )
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
@@ -155,7 +161,21 @@ def ask_command(
     for c in result.citations:
         mark = "*" if c.highlights else " "
         click.echo(f"{mark}[{c.n}] {c.article} › {c.section}\n     {c.url}")
-    click.echo(f"\n({result.took_ms:.0f} ms)")
+    click.echo(f"\n({result.took_ms:.0f} ms, P(answered) {result.probability:.2f}, {result.model})")
+    if explain and result.explain:
+        _echo_explain(result.explain)
+
+
+def _echo_explain(explain: dict) -> None:
+    click.echo(f"\nDecided: {explain['decided']}")
+    click.echo("Analysis: " + json.dumps(explain["analysis"], ensure_ascii=False))
+    click.echo("Evidence: " + json.dumps(explain["evidence"]))
+    click.echo("Top candidates:")
+    for n, candidate in enumerate(explain["candidates"], start=1):
+        text = " ".join(candidate["text"].split())
+        click.echo(f"  {n}. {candidate['score']:+.3f}  {text[:110]}")
+        features = ", ".join(f"{k}={v:g}" for k, v in candidate["features"].items() if v)
+        click.echo(f"     {features}")
 
 
 _CORPORA = Path("benchmarks/corpora")
@@ -233,7 +253,11 @@ def eval_command(
         if len(loaded) < 2:
             raise click.ClickException("--folds corpus needs question sets of two corpora or more")
         rows = cross_corpus(
-            loaded, embedder, model_from, lambda index, qs: collect(index, embedder, qs, top_k=k), k=k
+            loaded,
+            embedder,
+            model_from,
+            lambda index, qs: collect(index, embedder, qs, top_k=k),
+            k=k,
         )
         all_scores = by_corpus(rows)
         click.echo(f"{len(rows)} questions, k={k}, leave one corpus out (out of fold)\n")

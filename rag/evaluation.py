@@ -93,7 +93,9 @@ def run(
                 "answered": result.answered,
                 "evidence_rank": rank,
                 "answer_hit": bool(
-                    q.answerable and result.answered and contains_any(result.answer, q.answer_contains)
+                    q.answerable
+                    and result.answered
+                    and contains_any(result.answer, q.answer_contains)
                 ),
                 "verbatim": _verbatim(result),
                 "probability": result.probability,

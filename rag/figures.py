@@ -29,7 +29,10 @@ _NUMBER_WORDS = (
     "hundred|thousand|million|billion|dozen|a few|several|a couple of|a|an|half an?"
 )
 _COUNT = rf"(?:(?<![\w-])\d[\d,.]*\+?|\b(?:{_NUMBER_WORDS})\b)"
-_UNIT = r"(?:minutes?|mins?|hours?|hrs?|h|days?|weeks?|wks?|months?|mos?|years?|yrs?|decades?|semesters?|quarters?)"
+_UNIT = (
+    r"(?:minutes?|mins?|hours?|hrs?|h|days?|weeks?|wks?|months?|mos?|years?|yrs?|decades?|"
+    r"semesters?|quarters?)"
+)
 
 # Money: a currency sign or code next to a number, a number with k/m/lakh/LPA, or "free".
 _CURRENCY = (
@@ -42,14 +45,17 @@ _HAS_AMOUNT = re.compile(
     re.IGNORECASE,
 )
 _HAS_SHARE = re.compile(
-    r"%|\bper ?cent\b|\bpercentage points?\b|\bhalf\b|\b(?:a|one)[- ](?:third|quarter|fifth|tenth)\b"
+    r"%|\bper ?cent\b|\bpercentage points?\b|\bhalf\b"
+    r"|\b(?:a|one)[- ](?:third|quarter|fifth|tenth)\b"
     r"|\b(?:two|three|four)[- ](?:thirds|quarters|fifths)\b|\b(?:one|1) (?:in|out of) \w+\b"
     r"|\bmajority\b",
     re.IGNORECASE,
 )
 _HAS_DURATION = re.compile(
-    rf"{_COUNT}(?:\s*(?:–|-|to|or)\s*\d[\d,.]*)?\+?[\s-]*{_UNIT}\b|\b\d+(?:\.\d+)?\s?(?:h|hr|hrs|min|mins)\b"
-    rf"|\b{_UNIT}\)?:\s*\d|\b(?:annual(?:ly)?|yearly|monthly|weekly|quarterly|biannual(?:ly)?|every (?:year|month|week|quarter))\b",
+    rf"{_COUNT}(?:\s*(?:–|-|to|or)\s*\d[\d,.]*)?\+?[\s-]*{_UNIT}\b"
+    r"|\b\d+(?:\.\d+)?\s?(?:h|hr|hrs|min|mins)\b"
+    rf"|\b{_UNIT}\)?:\s*\d|\b(?:annual(?:ly)?|yearly|monthly|weekly|quarterly|biannual(?:ly)?|"
+    r"every (?:year|month|week|quarter))\b",
     re.IGNORECASE,
 )
 _HAS_DATE = re.compile(
@@ -78,7 +84,8 @@ _ASKS_SHARE = re.compile(
 _ASKS_AMOUNT = re.compile(
     r"\b(salar(y|ies)|earn(s|ing|ings)?|paid|pay|pays|cost(s)?|fees?|tuition|price[sd]?|"
     r"compensation|wages?|income|bonus(es)?|budget|cheap(est|er)?|expensive|afford|"
-    r"how much (money|cash))\b|\bhow much (do|does|did|can|could|would|will|is|are)\b.*\b(make|get|cost)\b"
+    r"how much (money|cash))\b"
+    r"|\bhow much (do|does|did|can|could|would|will|is|are)\b.*\b(make|get|cost)\b"
 )
 _ASKS_DURATION = re.compile(
     r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b|\bhow often\b|\bhow soon\b"
@@ -96,7 +103,8 @@ _ASKS_LIST = re.compile(
     r"|^how (do|can|should|to|would)\b"
 )
 _ASKS_DEFINITION = re.compile(
-    r"^(what|who) (is|are|was|were)( an?| the)?\b(?!.*\b(of|for|in|between|than)\b)|\bmean(s|ing)?\b|\bdefin|"
+    r"^(what|who) (is|are|was|were)( an?| the)?\b(?!.*\b(of|for|in|between|than)\b)"
+    r"|\bmean(s|ing)?\b|\bdefin|"
     r"^what does .* (do|stand for)$"
 )
 _ASKS_COMPARISON = re.compile(

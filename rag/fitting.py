@@ -21,8 +21,8 @@ import numpy as np
 
 from rag.analysis import Question, analyse
 from rag.embedding import Embedder
-from rag.questionsets import EvalQuestion, contains_any
 from rag.index import Index
+from rag.questionsets import EvalQuestion, contains_any
 from rag.retrieval import Hit, question_query, retrieve_for
 from rag.scoring import (
     CANDIDATE_FEATURES,

@@ -101,7 +101,9 @@ class Candidate:
         return " ".join(passage.text[slice(*passage.sentences[i])] for i in self.units)
 
     def named(self) -> dict[str, float]:
-        return {n: round(float(v), 4) for n, v in zip(CANDIDATE_FEATURES, self.features)}
+        return {
+            n: round(float(v), 4) for n, v in zip(CANDIDATE_FEATURES, self.features, strict=True)
+        }
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,10 @@ class AnswerModel:
                 f"the answer model has format {data.get('format')!r}, this version reads "
                 f"{MODEL_FORMAT}; run `rag fit` to make one"
             )
-        if tuple(data["ranker"]["features"]) != CANDIDATE_FEATURES or tuple(
-            data["decider"]["features"]
-        ) != QUESTION_FEATURES:
+        if (
+            tuple(data["ranker"]["features"]) != CANDIDATE_FEATURES
+            or tuple(data["decider"]["features"]) != QUESTION_FEATURES
+        ):
             raise SettingsError(
                 "the answer model was fitted on other features than this version computes; "
                 "run `rag fit` to refit it"
@@ -223,6 +226,18 @@ def candidates(
             if text.endswith(":"):
                 introduction = unit_words
             units = continuation(passage, i, question.wants)
+            cosine = float(cosines[i])
+            if not can_lead(text):
+                # A heading, bare label or the text's own question is not quoted: the
+                # lines it introduces are, scored with it as their context.
+                units = units[1:]
+                if not units:
+                    continue
+                before = before | unit_words
+                unit_words = index.sentence_tokens[first + units[0]]
+                words = unit_words | heading
+                text = passage.text[slice(*passage.sentences[units[0]])]
+                cosine = float(cosines[units[0]])
             quote = " ".join(passage.text[slice(*passage.sentences[j])] for j in units)
             quote_words = words.union(*(index.sentence_tokens[first + j] for j in units))
             opening = frozenset(tokenize(" ".join(text.split()[: len(subject) + 3])))
@@ -236,7 +251,7 @@ def candidates(
                     row,
                     units,
                     [
-                        float(cosines[i]),
+                        cosine,
                         0.0,  # cosine_gap, set below
                         float(hit.dense),
                         1 / (1 + hit.rank),
@@ -251,7 +266,9 @@ def candidates(
                         float(figure and not stated),
                         float(states_any(quote)),
                         float(bool(HAS_DIGIT.search(quote))),
-                        float(question.wants == "definition" and bool(subject) and subject <= opening),
+                        float(
+                            question.wants == "definition" and bool(subject) and subject <= opening
+                        ),
                         float(question.wants == "definition" and bool(DEFINING.search(text))),
                         float(question.wants == "list" and text.endswith(":")),
                         float(text.endswith("?")),
@@ -270,6 +287,8 @@ def candidates(
                     ],
                 )
             )
+    if not rows:
+        return []
     matrix = np.array([r[4] for r in rows], dtype=np.float64)
     cosine = matrix[:, 0]
     matrix[:, 1] = cosine - cosine.max()
@@ -278,7 +297,7 @@ def candidates(
     ranks[order] = np.arange(len(order))
     matrix[:, 4] = 1 / (1 + ranks)
     return [
-        Candidate(hit, i, row, units, matrix[n])
+        Candidate(hit, units[0], row + units[0] - i, units, matrix[n])
         for n, (hit, i, row, units, _) in enumerate(rows)
     ]
 
@@ -324,7 +343,7 @@ def question_features(
     )
 
 
-def continuation(passage, lead: int, wants: str) -> tuple[int, ...]:  # noqa: ANN001
+def continuation(passage, lead: int, wants: str) -> tuple[int, ...]:
     """The unit at ``lead`` and the lines that complete it when it only introduces them.
 
     Labels ("Sustainable AI:"), list introductions and short lines read as
@@ -352,6 +371,12 @@ def continuation(passage, lead: int, wants: str) -> tuple[int, ...]:  # noqa: AN
         words += len(text.split())
         following += 1
     return tuple(chosen)
+
+
+def can_lead(text: str) -> bool:
+    """Whether a unit may lead an answer: not a heading or bare label ("MLOps Engineer"),
+    not a question the text asks itself (an FAQ's); a list's introduction may."""
+    return text.endswith(":") or not (is_label(text) or text.endswith("?"))
 
 
 def is_label(text: str) -> bool:

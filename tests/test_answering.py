@@ -7,7 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from rag.answering import Answer, answer_question, resolve_follow_up
+from rag.analysis import analyse, is_follow_up
+from rag.answering import Answer, answer_question
 from rag.cli import cli
 from rag.embedding import Embedder
 from rag.errors import InputError
@@ -177,18 +178,22 @@ def test_a_follow_up_is_resolved_against_the_earlier_question(
     assert alone.answer != follow_up.answer
 
 
-def test_follow_up_detection() -> None:
-    history = ["How much do AI engineers earn?"]
-    assert resolve_follow_up("and in Europe?", history) == (
-        "How much do AI engineers earn? and in Europe?",
-        "and in Europe?",
-    )
-    full = "Which certifications are worth it for cloud engineers?"
-    assert resolve_follow_up(full, history) == (full, "")
-    assert resolve_follow_up("and in Europe?", []) == ("and in Europe?", "")
+def test_follow_up_detection(corpus_index: Index) -> None:
+    history = ["How much do AI engineers earn in the US?"]
+    follow = analyse("and in Europe?", history, corpus_index)
+    assert follow.follow_up and follow.inherited == history[0]
+    assert "US" in follow.replaced and "US" not in follow.search_text
+    assert follow.search_text.endswith("and in Europe?")
+    # a complete question of two content words is not merged with the one before it
+    for complete in ("What is MLOps?", "Which certifications are worth it for cloud engineers?"):
+        alone = analyse(complete, history, corpus_index)
+        assert not alone.follow_up and alone.search_text == complete
+    assert not is_follow_up("and in Europe?", has_history=False)
 
 
-@pytest.mark.parametrize(("question", "message"), [("   ", "empty"), ("x" * 1001, "longer than")])
+@pytest.mark.parametrize(
+    ("question", "message"), [("   ", "empty"), ("x" * 1001, "keep it to 1000 characters")]
+)
 def test_bad_questions_raise(
     corpus_index: Index, embedder: Embedder, question: str, message: str
 ) -> None:
@@ -221,7 +226,15 @@ def test_rag_ask_prints_answer_sources_and_json(
     result = runner.invoke(cli, ["ask", "What is MLOps?", "--json", "--top-k", "3", *index])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    assert set(body) == {"question", "answered", "answer", "citations", "took_ms"}
+    assert set(body) == {
+        "question",
+        "answered",
+        "answer",
+        "citations",
+        "took_ms",
+        "probability",
+        "model",
+    }
     assert len(body["citations"]) == 3
     assert set(body["citations"][0]) == {
         "n",
@@ -276,7 +289,7 @@ def test_rag_eval_scores_a_question_set(
     )
     assert result.exit_code == 0, result.output
     scores = json.loads(out.read_text())["scores"]
-    assert [s["mode"] for s in scores] == ["bm25", "dense", "hybrid"]
+    assert [s["name"] for s in scores] == ["bm25", "dense", "hybrid"]
     hybrid = scores[-1]
     assert (hybrid["evidence_hit"], hybrid["answer_hit"], hybrid["abstain_accuracy"]) == (
         1.0,

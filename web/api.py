@@ -62,6 +62,12 @@ class AnswerRequest(BaseModel):
     )
     published_after: date | None = Field(None, description="Only articles published on or after.")
     published_before: date | None = Field(None, description="Only articles published on or before.")
+    explain: StrictBool = Field(
+        False,
+        description="For operators: add `explain` (the question analysis, the top candidates "
+        "with their features and scores, the answer probability and threshold, and which "
+        "stage decided). It never changes the answer.",
+    )
 
 
 class FeedbackRequest(BaseModel):
@@ -121,6 +127,13 @@ class AnswerOut(BaseModel):
     answer: str = Field(description="Quoted sentences with [n] markers, or why it was declined.")
     citations: list[CitationOut]
     took_ms: float
+    probability: float = Field(
+        description="The answer model's calibrated probability that the articles answer it."
+    )
+    model: str = Field(description="The version of the answer model that answered.")
+    explain: dict[str, Any] | None = Field(
+        None, description="Present when the request asked for `explain`."
+    )
 
 
 class ArticleOut(BaseModel):
@@ -168,6 +181,7 @@ def ask(engine: Engine, request: AnswerRequest) -> Answer:
         top_k=request.top_k,
         history=request.history,
         allowed=allowed,
+        explain=request.explain,
     )
 
 
@@ -294,7 +308,10 @@ def answer(request: AnswerRequest, engine: EngineDep) -> dict:
     Once API keys are on, send `Authorization: Bearer <key>`: 401 without a
     current key, 429 with `Retry-After` past the key's rate limit.
     """
-    return ask(engine, request).to_dict()
+    body = ask(engine, request).to_dict()
+    if body.get("explain") is None:
+        body.pop("explain", None)
+    return body
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackOut, responses=ERRORS)
