@@ -96,6 +96,11 @@ _ASKS_COUNT = re.compile(
     r"\bhow many\b|\bnumber of\b|\bhow big\b|\bhow large\b|\b(what|which|passing|pass) "
     r"(score|mark|grade|level)\b|\bscore (do|does) (i|you|one) need\b"
 )
+_LIST_NOUNS = re.compile(
+    r"\b(steps|tips|ways|prerequisites|requirements|skills|tools|reasons|examples|types|kinds|"
+    r"stages|strategies|techniques|practices|factors|benefits|challenges|responsibilities|"
+    r"duties|options|platforms|languages|frameworks)\b"
+)
 _ASKS_LIST = re.compile(
     r"^(what|which) (are|were)\b|\b(steps|tips|ways|prerequisites|requirements|skills|tools|"
     r"reasons|examples|types|kinds|stages|strategies|techniques|practices|factors|benefits|"
@@ -137,7 +142,7 @@ def wanted_kind(lowered: str) -> str:
         return "date"
     if _ASKS_COUNT.search(text):
         return "count"
-    if _ASKS_DEFINITION.search(text):
+    if _ASKS_DEFINITION.search(text) and not _LIST_NOUNS.search(text):
         return "definition"
     if _ASKS_LIST.search(text):
         return "list"

@@ -79,6 +79,13 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     Groups for out-of-fold calibration are the questions' corpora; with one
     corpus, five folds of its questions stand in.
     """
+    from rag.errors import InputError
+
+    kinds = {e.question.answerable for e in examples}
+    if kinds != {True, False}:
+        raise InputError(
+            "the question sets need both answerable and unanswerable questions to fit on"
+        )
     groups = np.array([e.question.corpus for e in examples])
     ranker = _fit_ranker(examples)
     oof_scores = _out_of_fold_ranks(examples, groups)

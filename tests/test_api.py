@@ -47,7 +47,15 @@ def test_answer_quotes_and_cites_the_articles(client: TestClient) -> None:
     response = client.post("/api/answer", json={"question": SALARY, "top_k": 3})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"question", "answered", "answer", "citations", "took_ms"}
+    assert set(body) == {
+        "question",
+        "answered",
+        "answer",
+        "citations",
+        "took_ms",
+        "probability",
+        "model",
+    }
     assert body["question"] == SALARY
     assert body["answered"] is True
     assert isinstance(body["took_ms"], float) and body["took_ms"] > 0
@@ -289,3 +297,24 @@ def test_script_in_a_question_comes_back_as_text(client: TestClient) -> None:
     ]
     hidden = page.xpath("//form[@id='ask']//input[@name='history']")
     assert [i.get("value") for i in hidden] == ['"><img src=x>', question]
+
+
+def test_explain_adds_what_each_stage_saw_and_keeps_the_answer(client) -> None:
+    question = {"question": "What skills does an MLOps engineer need?"}
+    plain = client.post("/api/answer", json=question).json()
+    explained = client.post("/api/answer", json={**question, "explain": True}).json()
+    assert "explain" not in plain
+    assert explained["answer"] == plain["answer"]
+    explain = explained["explain"]
+    assert set(explain) >= {"analysis", "candidates", "probability", "threshold", "decided"}
+    assert explain["probability"] == plain["probability"]
+
+
+def test_a_filter_leaving_no_passage_is_a_decline_not_a_500(client) -> None:
+    body = {
+        "question": "What skills does an MLOps engineer need?",
+        "published_before": "1970-01-01",
+    }
+    response = client.post("/api/answer", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["answered"] is False

@@ -301,7 +301,13 @@ router = APIRouter(prefix="/api", route_class=JSONErrorRoute, tags=["api"])
 keyed = [Depends(require_key)]
 
 
-@router.post("/answer", response_model=AnswerOut, responses=ERRORS, dependencies=keyed)
+@router.post(
+    "/answer",
+    response_model=AnswerOut,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    dependencies=keyed,
+)
 def answer(request: AnswerRequest, engine: EngineDep) -> dict:
     """Answer a question with quoted, cited sentences from the articles, or decline.
 

@@ -1,0 +1,157 @@
+"""Fitting: `rag fit` reproduces the shipped answer model; folds, explain and the model file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rag.answering import answer_question
+from rag.cli import cli
+from rag.embedding import Embedder
+from rag.errors import SettingsError
+from rag.fitting import collect, fit_model, model_from
+from rag.index import Index
+from rag.questionsets import load_questions
+from rag.scoring import SHIPPED_MODEL, AnswerModel, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTIONS = ROOT / "benchmarks" / "questions"
+
+
+def _sample(corpus: str = "corpus") -> list:
+    rows = load_questions(QUESTIONS / "ai-careers" / "set-a.jsonl", corpus)
+    rows = [q for q in rows if q.answerable][:30] + [q for q in rows if not q.answerable][:15]
+    return [q.__class__(**{**q.__dict__, "corpus": corpus}) for q in rows]
+
+
+def test_fit_on_a_small_sample_is_deterministic_and_answers(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    examples = collect(corpus_index, embedder, _sample())
+    first, second = fit_model(examples), fit_model(examples)
+    assert first == second and first["version"].startswith("answer-")
+    model = AnswerModel.from_dict(first)
+    assert 0 < model.threshold < 1
+    result = answer_question(corpus_index, embedder, "What is MLOps?", model=model)
+    assert result.model == first["version"]
+    assert 0 <= result.probability <= 1
+
+
+def test_the_shipped_model_names_its_data_and_its_version_is_its_digest() -> None:
+    data = json.loads(SHIPPED_MODEL.read_text())
+    body = {k: v for k, v in data.items() if k != "version"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    assert data["version"] == f"answer-{digest}"
+    assert set(data["fitted_on"]["corpora"]) == {
+        "ai-careers",
+        "equity-guide",
+        "sourcegraph-handbook",
+        "tts-handbook",
+    }
+    assert data["decider"]["false_decline_budget"] == 0.05
+    assert load_model().version == data["version"]
+
+
+def test_a_model_of_another_format_or_features_is_refused(tmp_path: Path) -> None:
+    data = json.loads(SHIPPED_MODEL.read_text())
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**data, "format": 99}))
+    with pytest.raises(SettingsError, match="run `rag fit`"):
+        load_model(path)
+    path.write_text(json.dumps({**data, "ranker": {**data["ranker"], "features": ["x"]}}))
+    with pytest.raises(SettingsError, match="other features"):
+        load_model(path)
+
+
+def test_rag_fit_reproduces_the_shipped_model(tmp_path: Path) -> None:
+    """The fit command, run on the question sets over the corpora, gives the shipped weights."""
+    out = tmp_path / "answer.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "fit",
+            str(QUESTIONS),
+            "--out",
+            str(out),
+            "--corpora",
+            str(ROOT / "benchmarks" / "corpora"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    fitted, shipped = json.loads(out.read_text()), json.loads(SHIPPED_MODEL.read_text())
+    assert fitted["fitted_on"]["questions"] == shipped["fitted_on"]["questions"]
+    for part in ("ranker", "decider"):
+        assert fitted[part]["features"] == shipped[part]["features"]
+        # the same up to the last digits of floating-point arithmetic on another machine
+        np.testing.assert_allclose(fitted[part]["coef"], shipped[part]["coef"], atol=1e-3)
+    assert abs(fitted["decider"]["threshold"] - shipped["decider"]["threshold"]) < 0.01
+    # leave one corpus out, on the indexes the fit just built
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(QUESTIONS / "equity-guide"),
+            str(QUESTIONS / "tts-handbook"),
+            "--folds",
+            "corpus",
+            "--corpora",
+            str(ROOT / "benchmarks" / "corpora"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "leave one corpus out" in result.output
+    assert "| equity-guide |" in result.output and "| mean |" in result.output
+    assert "| near miss |" in result.output
+
+
+def test_explain_shows_each_stage_and_never_changes_the_answer(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    question = "How much do AI engineers earn in the US?"
+    plain = answer_question(corpus_index, embedder, question)
+    explained = answer_question(corpus_index, embedder, question, explain=True)
+    assert (plain.answer, plain.answered, plain.probability) == (
+        explained.answer,
+        explained.answered,
+        explained.probability,
+    )
+    explain = explained.explain
+    assert explain is not None and plain.explain is None
+    assert explain["analysis"]["wants"] == "amount"
+    assert explain["threshold"] == round(load_model().threshold, 4)
+    assert explain["decided"].startswith("answered" if plain.answered else "declined")
+    assert explain["candidates"] and "cosine" in explain["candidates"][0]["features"]
+
+
+def test_a_filter_that_leaves_no_passage_declines_a_role_question(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    """Once an IndexError (HTTP 500): a role question whose filter keeps no passage."""
+    nothing = np.zeros(len(corpus_index.passages), dtype=bool)
+    result = answer_question(
+        corpus_index, embedder, "What skills does an MLOps engineer need?", allowed=nothing
+    )
+    assert not result.answered and result.citations == ()
+    explained = answer_question(
+        corpus_index, embedder, "What does a prompt engineer earn?", allowed=nothing, explain=True
+    )
+    assert explained.explain["decided"].startswith("retrieval")
+
+
+def test_fold_models_are_fitted_without_the_corpus_they_score(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    examples = collect(corpus_index, embedder, _sample("a") + _sample("b")[:30])
+    model = model_from([e for e in examples if e.question.corpus == "a"])
+    assert model.data["fitted_on"]["corpora"] == {"a": 45}
+    assert os.path.basename(str(SHIPPED_MODEL)) == "answer.json"
