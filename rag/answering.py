@@ -17,14 +17,13 @@ from rag.embedding import Embedder
 from rag.index import Index
 from rag.retrieval import Hit, question_query, retrieve_for
 from rag.scoring import (
-    CANDIDATE_FEATURES,
     MAX_QUOTES,
     QUESTION_FEATURES,
     AnswerModel,
     Candidate,
     candidates,
     load_model,
-    question_features,
+    rank,
 )
 
 __all__ = ["MAX_QUESTION_CHARS", "Answer", "Citation", "answer_question"]
@@ -96,26 +95,11 @@ def answer_question(
     """
     started = time.perf_counter()
     model = model or load_model()
-    analysed = analyse(question, history, index)
-    vector = embedder.encode_query(analysed.search_text)
-    if analysed.follow_up:  # lean the search towards what the follow-up adds
-        vector = vector + embedder.encode_query(analysed.text)
-        vector = vector / np.linalg.norm(vector)
-    required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
-    hits = retrieve_for(
-        index,
-        question_query(analysed, vector),
-        top_k,
-        required=required,
-        mode=mode,
-        allowed=allowed,
+    analysed, hits, pool = find_candidates(
+        index, embedder, question, history, top_k=top_k, mode=mode, allowed=allowed
     )
-    pool = candidates(index, analysed, vector, hits)
     scores = model.rank(np.array([c.features for c in pool])) if pool else np.zeros(0)
-    order = np.argsort(-scores, kind="stable")
-    ranked = [pool[i] for i in order]
-    ranked_scores = scores[order]
-    evidence = question_features(analysed, ranked, ranked_scores, hits)
+    ranked, ranked_scores, evidence = rank(analysed, pool, scores, hits)
     probability = model.probability(evidence) if ranked else 0.0
     answered = bool(ranked) and probability >= model.threshold
     chosen = _choose(index, model, ranked, ranked_scores) if answered else []
@@ -135,6 +119,29 @@ def answer_question(
         if explain
         else None,
     )
+
+
+def find_candidates(
+    index: Index,
+    embedder: Embedder,
+    question: str,
+    history: tuple[str, ...] | list[str],
+    *,
+    top_k: int,
+    mode: str = "hybrid",
+    allowed: np.ndarray | None = None,
+) -> tuple[Question, list[Hit], list[Candidate]]:
+    """Analyse a question, retrieve its passages and list their candidate units: the part
+    of answering that does not depend on the answer model (`rag fit` learns from it)."""
+    analysed = analyse(question, history, index)
+    vector = embedder.encode_query(analysed.search_text)
+    if analysed.follow_up:  # lean the search towards what the follow-up adds
+        vector = vector + embedder.encode_query(analysed.text)
+        vector = vector / np.linalg.norm(vector)
+    required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
+    query = question_query(analysed, vector)
+    hits = retrieve_for(index, query, top_k, required=required, mode=mode, allowed=allowed)
+    return analysed, hits, candidates(index, analysed, vector, hits)
 
 
 def _choose(
@@ -176,8 +183,7 @@ def _declined(question: Question, ranked: list[Candidate]) -> str:
     """Why a question is declined, in the words of the evidence the model weighed."""
     if question.unknown_names:
         return f"The articles don't mention {', '.join(question.unknown_names)}. {CLOSEST}"
-    missing = CANDIDATE_FEATURES.index("kind_missing")
-    if ranked and question.wants_figure and ranked[0].features[missing]:
+    if ranked and question.wants_figure and ranked[0].feature("kind_missing"):
         return f"The articles don't give that figure. {CLOSEST}"
     return DECLINED
 

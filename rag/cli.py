@@ -243,22 +243,15 @@ def eval_command(
 
     if folds:
         from rag.embedding import Embedder
-        from rag.fitting import collect, load_corpora, model_from
+        from rag.fitting import corpus_questions, load_corpora
         from rag.retrieval import use_one_thread
 
+        questions_by_corpus = corpus_questions(list(sets), corpora, minimum=2)
         settings = _settings()
         use_one_thread()
         embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
-        loaded = load_corpora(list(sets), corpora, cache, settings, embedder)
-        if len(loaded) < 2:
-            raise click.ClickException("--folds corpus needs question sets of two corpora or more")
-        rows = cross_corpus(
-            loaded,
-            embedder,
-            model_from,
-            lambda index, qs: collect(index, embedder, qs, top_k=k),
-            k=k,
-        )
+        loaded = load_corpora(questions_by_corpus, corpora, cache, settings, embedder)
+        rows = cross_corpus(loaded, embedder, k=k)
         all_scores = by_corpus(rows)
         click.echo(f"{len(rows)} questions, k={k}, leave one corpus out (out of fold)\n")
         click.echo(scores_table(all_scores, targets=True))
@@ -266,7 +259,8 @@ def eval_command(
         click.echo(types_table(rows))
     else:
         model = load_model(model_path)
-        questions = [q for path in set_files(list(sets)) for q in load_questions(path)]
+        files = set_files(list(sets))
+        questions = [q for path in files for q in load_questions(path)]
         index, embedder = _load(_settings(index_dir=index_dir))
         modes = ("bm25", "dense", "hybrid") if compare else ("hybrid",)
         all_scores, rows = [], []
@@ -298,14 +292,15 @@ def eval_command(
 def fit_command(sets: tuple[Path, ...], out: Path, k: int, corpora: Path, cache: Path) -> None:
     """Fit the answer model on question sets (files or folders) over their corpora."""
     from rag.embedding import Embedder
-    from rag.fitting import collect, fit_model, load_corpora, write_model
+    from rag.fitting import collect, corpus_questions, fit_model, load_corpora, write_model
     from rag.questionsets import set_files
     from rag.retrieval import use_one_thread
 
+    questions_by_corpus = corpus_questions(list(sets), corpora)
     settings = _settings()
     use_one_thread()
     embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
-    loaded = load_corpora(list(sets), corpora, cache, settings, embedder, progress=True)
+    loaded = load_corpora(questions_by_corpus, corpora, cache, settings, embedder, progress=True)
     examples = [e for index, qs in loaded.values() for e in collect(index, embedder, qs, top_k=k)]
     sources = [str(p) for p in set_files(list(sets))]
     data = fit_model(examples, sources=sources)

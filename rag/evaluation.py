@@ -15,6 +15,7 @@ import numpy as np
 
 from rag.answering import Answer, answer_question
 from rag.embedding import Embedder
+from rag.fitting import collect, model_from
 from rag.index import Index
 from rag.questionsets import EvalQuestion, contains_any, load_questions, match_text
 from rag.scoring import AnswerModel
@@ -123,17 +124,17 @@ def evaluate(
 def cross_corpus(
     corpora: dict[str, tuple[Index, list[EvalQuestion]]],
     embedder: Embedder,
-    fit: Callable[[list], AnswerModel],
-    collect: Callable[[Index, list[EvalQuestion]], list],
     *,
     k: int = 5,
 ) -> list[dict]:
     """Leave one corpus out: for each corpus, fit on the others and answer its questions."""
-    examples = {name: collect(index, qs) for name, (index, qs) in corpora.items()}
+    examples = {
+        name: collect(index, embedder, qs, top_k=k) for name, (index, qs) in corpora.items()
+    }
     rows: list[dict] = []
     for name, (index, questions) in corpora.items():
         training = [e for other, ex in examples.items() if other != name for e in ex]
-        model = fit(training)
+        model = model_from(training)
         rows.extend(run(index, embedder, questions, k=k, model=model))
     return rows
 

@@ -102,9 +102,7 @@ _LIST_NOUNS = re.compile(
     r"duties|options|platforms|languages|frameworks)\b"
 )
 _ASKS_LIST = re.compile(
-    r"^(what|which) (are|were)\b|\b(steps|tips|ways|prerequisites|requirements|skills|tools|"
-    r"reasons|examples|types|kinds|stages|strategies|techniques|practices|factors|benefits|"
-    r"challenges|responsibilities|duties|options|platforms|languages|frameworks|things|list)\b"
+    rf"^(what|which) (are|were)\b|{_LIST_NOUNS.pattern}|\b(things|list)\b"
     r"|^how (do|can|should|to|would)\b"
 )
 _ASKS_DEFINITION = re.compile(
@@ -120,6 +118,19 @@ _ASKS_YESNO = re.compile(
     r"^(is|are|do|does|did|can|could|should|will|would|has|have|must|may|was|were)\b"
 )
 
+# In order: the first kind whose pattern a question matches is what it asks for.
+_ASKS = (
+    ("share", _ASKS_SHARE),
+    ("duration", _ASKS_DURATION),
+    ("amount", _ASKS_AMOUNT),
+    ("date", _ASKS_DATE),
+    ("count", _ASKS_COUNT),
+    ("definition", _ASKS_DEFINITION),
+    ("list", _ASKS_LIST),
+    ("yesno", _ASKS_YESNO),
+    ("comparison", _ASKS_COMPARISON),
+)
+
 
 def wanted_kind(lowered: str) -> str:
     """The kind of answer a lower-cased question asks for, one of `KINDS`.
@@ -132,24 +143,9 @@ def wanted_kind(lowered: str) -> str:
     'amount'
     """
     text = lowered.strip().rstrip("?!. ")
-    if _ASKS_SHARE.search(text):
-        return "share"
-    if _ASKS_DURATION.search(text):
-        return "duration"
-    if _ASKS_AMOUNT.search(text):
-        return "amount"
-    if _ASKS_DATE.search(text):
-        return "date"
-    if _ASKS_COUNT.search(text):
-        return "count"
-    if _ASKS_DEFINITION.search(text) and not _LIST_NOUNS.search(text):
-        return "definition"
-    if _ASKS_LIST.search(text):
-        return "list"
-    if _ASKS_YESNO.search(text):
-        return "yesno"
-    if _ASKS_COMPARISON.search(text):
-        return "comparison"
+    for kind, asks in _ASKS:
+        if asks.search(text) and not (kind == "definition" and _LIST_NOUNS.search(text)):
+            return kind  # "what are the steps ..." asks for a list, not a definition
     return "other"
 
 

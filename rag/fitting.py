@@ -19,20 +19,24 @@ from pathlib import Path
 
 import numpy as np
 
-from rag.analysis import Question, analyse
+from rag.analysis import Question
+from rag.answering import find_candidates
 from rag.embedding import Embedder
-from rag.index import Index
-from rag.questionsets import EvalQuestion, contains_any
-from rag.retrieval import Hit, question_query, retrieve_for
+from rag.errors import InputError
+from rag.index import Index, build_index, index_is_current, load_index
+from rag.questionsets import EvalQuestion, contains_any, load_questions, set_files
+from rag.retrieval import Hit
 from rag.scoring import (
     CANDIDATE_FEATURES,
     MODEL_FORMAT,
     QUESTION_FEATURES,
     AnswerModel,
     Candidate,
-    candidates,
-    question_features,
+    Linear,
+    platt_probability,
+    rank,
 )
+from rag.settings import Settings
 
 # The share of answerable questions the decision may decline, out of fold: a wrong
 # decline costs a reader an answer the articles hold; a wrong answer shows its sources.
@@ -58,14 +62,7 @@ def collect(
     """Every question's candidates and labels, on the real index and model."""
     examples = []
     for q in questions:
-        analysed = analyse(q.question, q.history, index)
-        vector = embedder.encode_query(analysed.search_text)
-        if analysed.follow_up:
-            vector = vector + embedder.encode_query(analysed.text)
-            vector = vector / np.linalg.norm(vector)
-        required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
-        hits = retrieve_for(index, question_query(analysed, vector), top_k, required=required)
-        pool = candidates(index, analysed, vector, hits)
+        analysed, hits, pool = find_candidates(index, embedder, q.question, q.history, top_k=top_k)
         labels = np.array(
             [q.answerable and contains_any(c.text(), q.answer_contains) for c in pool], dtype=bool
         )
@@ -79,8 +76,6 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     Groups for out-of-fold calibration are the questions' corpora; with one
     corpus, five folds of its questions stand in.
     """
-    from rag.errors import InputError
-
     kinds = {e.question.answerable for e in examples}
     if kinds != {True, False}:
         raise InputError(
@@ -100,7 +95,7 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     decider = _fit_linear(X, y)
     decision_oof = _out_of_fold_decisions(X, y, groups)
     platt = _platt(decision_oof, y)
-    probabilities = 1 / (1 + np.exp(platt[0] * decision_oof + platt[1]))
+    probabilities = platt_probability(platt, decision_oof)
     threshold = _threshold(probabilities[y], FALSE_DECLINE_BUDGET)
     body = {
         "format": MODEL_FORMAT,
@@ -171,12 +166,7 @@ def _fit_ranker(examples: list[Example]) -> dict:
     fitted = LogisticRegression(max_iter=2000, fit_intercept=False).fit(
         np.concatenate([D, -D]), np.r_[np.ones(len(D)), np.zeros(len(D))]
     )
-    return {
-        "mean": [round(float(v), 6) for v in mean],
-        "scale": [round(float(v), 6) for v in scale],
-        "coef": [round(float(v), 6) for v in fitted.coef_[0]],
-        "intercept": 0.0,
-    }
+    return _as_data(mean, scale, fitted.coef_[0], 0.0)
 
 
 def _fit_linear(X: np.ndarray, y: np.ndarray) -> dict:
@@ -187,17 +177,21 @@ def _fit_linear(X: np.ndarray, y: np.ndarray) -> dict:
     scaler = StandardScaler().fit(X)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     model = LogisticRegression(max_iter=2000).fit((X - scaler.mean_) / scale, y)
+    return _as_data(scaler.mean_, scale, model.coef_[0], float(model.intercept_[0]))
+
+
+def _as_data(mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float) -> dict:
+    """A fitted linear score as the model file stores it (and `Linear.from_dict` reads it)."""
     return {
-        "mean": [round(float(v), 6) for v in scaler.mean_],
+        "mean": [round(float(v), 6) for v in mean],
         "scale": [round(float(v), 6) for v in scale],
-        "coef": [round(float(v), 6) for v in model.coef_[0]],
-        "intercept": round(float(model.intercept_[0]), 6),
+        "coef": [round(float(v), 6) for v in coef],
+        "intercept": round(float(intercept), 6),
     }
 
 
 def _score(params: dict, X: np.ndarray) -> np.ndarray:
-    mean, scale = np.array(params["mean"]), np.array(params["scale"])
-    return ((X - mean) / scale) @ np.array(params["coef"]) + params["intercept"]
+    return Linear.from_dict(params).score(X)
 
 
 def _folds(groups: np.ndarray) -> list[np.ndarray]:
@@ -222,9 +216,7 @@ def _out_of_fold_ranks(examples: list[Example], groups: np.ndarray) -> list[np.n
 
 
 def _evidence(example: Example, scores: np.ndarray) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    ranked = [example.pool[i] for i in order]
-    return question_features(example.analysed, ranked, scores[order], list(example.hits))
+    return rank(example.analysed, list(example.pool), scores, list(example.hits))[2]
 
 
 def _out_of_fold_decisions(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -252,35 +244,46 @@ def _threshold(answerable: np.ndarray, budget: float) -> float:
     return float(ordered[allowed])
 
 
-def load_corpora(
-    set_paths: list[Path],
-    corpora_root: Path,
-    cache_root: Path,
-    settings: object,
-    embedder: Embedder,
-    *,
-    progress: bool = False,
-) -> dict[str, tuple[Index, list[EvalQuestion]]]:
-    """Each corpus the question sets name, indexed (built when missing or out of date under
-    ``cache_root/<corpus>/index``) from ``corpora_root/<corpus>``, with its questions."""
-    from rag.errors import InputError
-    from rag.index import build_index, index_is_current, load_index
-    from rag.questionsets import load_questions, set_files
-
+def corpus_questions(
+    set_paths: list[Path], corpora_root: Path, *, minimum: int = 1
+) -> dict[str, list[EvalQuestion]]:
+    """The questions of the sets, by the corpus they name; checked before anything is built:
+    every corpus has its folder under ``corpora_root``, and there are ``minimum`` of them."""
     questions: dict[str, list[EvalQuestion]] = {}
     for path in set_files(set_paths):
         for q in load_questions(path):
             questions.setdefault(q.corpus, []).append(q)
-    loaded = {}
     for name in sorted(questions):
-        folder = corpora_root / name
-        if not folder.is_dir():
+        if not (corpora_root / name).is_dir():
             raise InputError(
-                f"question sets name the corpus {name!r} but {folder} is no folder; "
-                "pass --corpora with the folder that holds one folder per corpus"
+                f"the question sets name the corpus {name!r} but {corpora_root / name} is no "
+                "folder; pass --corpora with the folder that holds one folder per corpus"
             )
-        corpus_settings = settings.with_(corpus_dir=folder, index_dir=cache_root / name / "index")
+    if len(questions) < minimum:
+        raise InputError(
+            f"the question sets name {len(questions)} corpus ({', '.join(sorted(questions))}); "
+            f"leaving one corpus out needs {minimum} or more"
+        )
+    return dict(sorted(questions.items()))
+
+
+def load_corpora(
+    questions: dict[str, list[EvalQuestion]],
+    corpora_root: Path,
+    cache_root: Path,
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    progress: bool = False,
+) -> dict[str, tuple[Index, list[EvalQuestion]]]:
+    """Each corpus of `corpus_questions`, indexed (built when missing or out of date under
+    ``cache_root/<corpus>/index``) from ``corpora_root/<corpus>``, with its questions."""
+    loaded = {}
+    for name, asked in questions.items():
+        corpus_settings = settings.with_(
+            corpus_dir=corpora_root / name, index_dir=cache_root / name / "index"
+        )
         if not index_is_current(corpus_settings):
             build_index(corpus_settings, embedder, progress=progress)
-        loaded[name] = (load_index(corpus_settings, embedder), questions[name])
+        loaded[name] = (load_index(corpus_settings, embedder), asked)
     return loaded

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rag.analysis import Question
+from rag.chunking import Passage
 from rag.errors import SettingsError
 from rag.figures import FIGURE_KINDS, HAS_DIGIT, states, states_any
 from rag.index import Index
@@ -82,6 +83,7 @@ QUESTION_FEATURES = (
     "follow_up",
     "question_words",  # log(1 + content words)
 )
+_FEATURE_INDEX = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
 DEFINING = re.compile(r"\b(is|are|refers to|means|involves|focuses on|designed to)\b", re.I)
 _FRAME_WORDS = frozenset(tokenize("mean meaning define definition role job purpose stand"))
 
@@ -99,6 +101,9 @@ class Candidate:
     def text(self) -> str:
         passage = self.hit.passage
         return " ".join(passage.text[slice(*passage.sentences[i])] for i in self.units)
+
+    def feature(self, name: str) -> float:
+        return float(self.features[_FEATURE_INDEX[name]])
 
     def named(self) -> dict[str, float]:
         return {
@@ -145,12 +150,10 @@ class AnswerModel:
         return self.ranker.score(features)
 
     def quote_probability(self, score: float) -> float:
-        a, b = self.ranker_platt
-        return float(1 / (1 + math.exp(a * score + b)))
+        return float(platt_probability(self.ranker_platt, score))
 
     def probability(self, question_features: np.ndarray) -> float:
-        a, b = self.platt
-        return float(1 / (1 + math.exp(a * float(self.decider.score(question_features)) + b)))
+        return float(platt_probability(self.platt, self.decider.score(question_features)))
 
     @classmethod
     def from_dict(cls, data: dict) -> AnswerModel:
@@ -177,6 +180,12 @@ class AnswerModel:
             join_probability=float(data["join_probability"]),
             data=data,
         )
+
+
+def platt_probability(platt: tuple[float, float], score: float | np.ndarray) -> np.ndarray:
+    """Platt scaling: ``1 / (1 + exp(a * score + b))`` for ``platt = (a, b)``."""
+    a, b = platt
+    return 1 / (1 + np.exp(a * np.asarray(score, dtype=np.float64) + b))
 
 
 def load_model(path: Path | None = None) -> AnswerModel:
@@ -290,12 +299,12 @@ def candidates(
     if not rows:
         return []
     matrix = np.array([r[4] for r in rows], dtype=np.float64)
-    cosine = matrix[:, 0]
-    matrix[:, 1] = cosine - cosine.max()
+    cosine = matrix[:, _FEATURE_INDEX["cosine"]]
+    matrix[:, _FEATURE_INDEX["cosine_gap"]] = cosine - cosine.max()
     order = np.argsort(-cosine, kind="stable")
     ranks = np.empty(len(order))
     ranks[order] = np.arange(len(order))
-    matrix[:, 4] = 1 / (1 + ranks)
+    matrix[:, _FEATURE_INDEX["cosine_rank"]] = 1 / (1 + ranks)
     return [
         Candidate(hit, units[0], row + units[0] - i, units, matrix[n])
         for n, (hit, i, row, units, _) in enumerate(rows)
@@ -306,13 +315,12 @@ def question_features(
     question: Question, ranked: list[Candidate], scores: np.ndarray, hits: list[Hit]
 ) -> np.ndarray:
     """The evidence the decision to answer reads (see `QUESTION_FEATURES`)."""
-    index_of = {name: n for n, name in enumerate(CANDIDATE_FEATURES)}
     if ranked:
-        best = ranked[0].features
+        best = ranked[0]
         second = float(scores[1]) if len(scores) > 1 else float(scores[0]) - 1.0
         head = [float(scores[0]), float(scores[0]) - second]
         of_best = [
-            best[index_of[n]]
+            best.feature(n)
             for n in (
                 "cosine",
                 "coverage",
@@ -325,7 +333,7 @@ def question_features(
                 "kind_stated",
             )
         ]
-        of_best.append(max(float(c.features[0]) for c in ranked))
+        of_best.append(max(c.feature("cosine") for c in ranked))
     else:
         head, of_best = [-10.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
     return np.array(
@@ -343,7 +351,16 @@ def question_features(
     )
 
 
-def continuation(passage, lead: int, wants: str) -> tuple[int, ...]:
+def rank(
+    question: Question, pool: list[Candidate], scores: np.ndarray, hits: list[Hit]
+) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """The candidates best first, their scores in that order, and the question's evidence."""
+    order = np.argsort(-scores, kind="stable")
+    ranked = [pool[i] for i in order]
+    return ranked, scores[order], question_features(question, ranked, scores[order], hits)
+
+
+def continuation(passage: Passage, lead: int, wants: str) -> tuple[int, ...]:
     """The unit at ``lead`` and the lines that complete it when it only introduces them.
 
     Labels ("Sustainable AI:"), list introductions and short lines read as

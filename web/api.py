@@ -314,10 +314,7 @@ def answer(request: AnswerRequest, engine: EngineDep) -> dict:
     Once API keys are on, send `Authorization: Bearer <key>`: 401 without a
     current key, 429 with `Retry-After` past the key's rate limit.
     """
-    body = ask(engine, request).to_dict()
-    if body.get("explain") is None:
-        body.pop("explain", None)
-    return body
+    return ask(engine, request).to_dict()
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackOut, responses=ERRORS)
