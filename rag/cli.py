@@ -268,8 +268,8 @@ def eval_command(
             scores, mode_rows = evaluate(index, embedder, questions, k=k, mode=mode, model=model)
             all_scores.append(scores)
             rows.extend(mode_rows)
-        fitted = set(model.data.get("fitted_on", {}).get("sources", []))
-        inside = any(str(p) in fitted or p.name in {Path(f).name for f in fitted} for p in sets)
+        fitted = {Path(f).parts[-2:] for f in model.data.get("fitted_on", {}).get("sources", [])}
+        inside = any(f.parts[-2:] in fitted for f in files)
         label = " (in sample: the model was fitted on these questions)" if inside else ""
         click.echo(f"{len(questions)} questions, k={k}, model {model.version}{label}\n")
         click.echo(scores_table(all_scores))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,12 @@ from click.testing import CliRunner
 from rag.answering import answer_question
 from rag.cli import cli
 from rag.embedding import Embedder
-from rag.errors import SettingsError
+from rag.errors import InputError, SettingsError
 from rag.fitting import collect, fit_model, model_from
 from rag.index import Index
 from rag.questionsets import load_questions
 from rag.scoring import SHIPPED_MODEL, AnswerModel, load_model
+from rag.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "benchmarks" / "questions"
@@ -148,10 +148,109 @@ def test_a_filter_that_leaves_no_passage_declines_a_role_question(
     assert explained.explain["decided"].startswith("retrieval")
 
 
-def test_fold_models_are_fitted_without_the_corpus_they_score(
+def test_a_fold_model_records_only_the_corpora_it_was_fitted_on(
     corpus_index: Index, embedder: Embedder
 ) -> None:
     examples = collect(corpus_index, embedder, _sample("a") + _sample("b")[:30])
     model = model_from([e for e in examples if e.question.corpus == "a"])
     assert model.data["fitted_on"]["corpora"] == {"a": 45}
-    assert os.path.basename(str(SHIPPED_MODEL)) == "answer.json"
+
+
+def _question_file(tmp_path: Path, corpus: str) -> Path:
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        json.dumps({"id": "a", "question": "What is MLOps?", "answerable": True, "corpus": corpus})
+        + "\n"
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["fit"], "name the corpus 'nowhere' but {corpora}/nowhere is no folder"),
+        (
+            ["eval", "--folds", "corpus"],
+            "name the corpus 'nowhere' but {corpora}/nowhere is no folder",
+        ),
+    ],
+)
+def test_a_corpus_without_its_folder_is_one_line_and_writes_nothing(
+    tmp_path: Path, command: list[str], message: str
+) -> None:
+    corpora, out = tmp_path / "corpora", tmp_path / "model.json"
+    corpora.mkdir()
+    extra = ["--out", str(out)] if command == ["fit"] else []
+    result = CliRunner().invoke(
+        cli,
+        [
+            *command,
+            str(_question_file(tmp_path, "nowhere")),
+            "--corpora",
+            str(corpora),
+            "--cache",
+            str(tmp_path / "cache"),
+            *extra,
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: the question sets {message.format(corpora=corpora)}; "
+        "pass --corpora with the folder that holds one folder per corpus"
+    )
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_leaving_one_corpus_out_needs_two_corpora(tmp_path: Path) -> None:
+    corpora = tmp_path / "corpora"
+    (corpora / "only").mkdir(parents=True)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(_question_file(tmp_path, "only")),
+            "--folds",
+            "corpus",
+            "--corpora",
+            str(corpora),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: the question sets name 1 corpus (only); leaving one corpus out needs 2 or more"
+    )
+    assert not (tmp_path / "cache").exists()  # refused before any index was built
+
+
+def test_a_missing_question_set_is_named(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["fit", str(tmp_path / "none.jsonl")])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {tmp_path / 'none.jsonl'}: no such question set file or folder"
+    )
+
+
+def test_fitting_needs_questions_to_answer_and_to_decline(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    answerable = [q for q in _sample() if q.answerable][:5]
+    with pytest.raises(InputError, match="need both answerable and unanswerable questions"):
+        fit_model(collect(corpus_index, embedder, answerable))
+
+
+def test_eval_says_when_the_model_was_fitted_on_the_set(
+    corpus_settings: Settings, corpus_index: Index
+) -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(QUESTIONS / "ai-careers"),  # a folder: its files are what was fitted on
+            "--index",
+            str(corpus_settings.index_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "(in sample: the model was fitted on these questions)" in result.output
