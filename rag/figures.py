@@ -8,6 +8,7 @@ question asks for against everything else it knows.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 KINDS = (
     "amount",
@@ -149,6 +150,8 @@ def wanted_kind(lowered: str) -> str:
     return "other"
 
 
+# The same lines of the same articles are candidates again and again: remember verdicts.
+@lru_cache(maxsize=1 << 16)
 def states(kind: str, text: str) -> bool:
     """Whether ``text`` states a figure of ``kind`` (a kind of `FIGURE_KINDS`).
 
