@@ -7,6 +7,7 @@ fitted answer model, and this module quotes, cites or declines.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 from rag.analysis import MAX_QUESTION_CHARS, Question, analyse
 from rag.embedding import Embedder
 from rag.index import Index
+from rag.ingest import PATH_SEPARATOR
 from rag.retrieval import Hit, question_query, retrieve_for
 from rag.scoring import (
     MAX_QUOTES,
@@ -26,12 +28,19 @@ from rag.scoring import (
     rank,
 )
 
-__all__ = ["MAX_QUESTION_CHARS", "Answer", "Citation", "answer_question"]
+__all__ = ["MAX_QUESTION_CHARS", "Answer", "Citation", "Quote", "answer_question"]
 
 CLOSEST = "The closest passages are listed below."
 DECLINED = f"The articles don't cover this question. {CLOSEST}"
 _REPEAT_COSINE = 0.9  # a unit this close to one already quoted says the same again
 _EXPLAINED = 8  # candidates an explanation lists
+# A unit opening with one of these leans on what came before it ("This certification ...",
+# "They ..."): it is shown under its section title. A display choice; it decides no answer.
+_LEANS = re.compile(
+    r"^(this|these|that|those|they|them|their|it|its|he|she|such|both|another|the latter|"
+    r"the former|here|there)\b",
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +58,40 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class Quote:
+    """One quoted unit, verbatim: ``text`` is ``citation``'s passage text at ``span``.
+
+    ``kind`` is ``sentence``, ``table_row`` (with its ``(header, value)`` ``cells``)
+    or ``list_item`` (with the ``intro`` line of its list, when it has one).
+    ``section`` is the title it stands under; ``needs_section`` says the text leans
+    on what comes before it ("This certification ...") and reads right only under it.
+    """
+
+    citation: int
+    kind: str
+    text: str
+    span: tuple[int, int]
+    section: str
+    needs_section: bool = False
+    cells: tuple[tuple[str, str], ...] = ()
+    intro: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if self.kind != "table_row":
+            data.pop("cells")
+        if self.kind != "list_item":
+            data.pop("intro")
+        return data
+
+
+@dataclass(frozen=True)
 class Answer:
-    """The result the CLI, the API and the web page all show."""
+    """The result the CLI, the API and the web page all show.
+
+    ``answer`` is the plain-text rendering of ``quotes``, each followed by its
+    citation number.
+    """
 
     question: str
     answered: bool
@@ -60,9 +101,11 @@ class Answer:
     probability: float = 0.0  # the model's probability that the articles answer it
     model: str = ""  # the answer model's version
     explain: dict | None = None
+    quotes: tuple[Quote, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["quotes"] = [q.to_dict() for q in self.quotes]
         if self.explain is None:
             data.pop("explain")
         return data
@@ -103,7 +146,7 @@ def answer_question(
     probability = model.probability(evidence) if ranked else 0.0
     answered = bool(ranked) and probability >= model.threshold
     chosen = _choose(index, model, ranked, ranked_scores) if answered else []
-    citations, text = _cite(hits, chosen)
+    citations, quotes, text = _cite(hits, chosen)
     if not answered:
         text = _declined(analysed, ranked)
     took_ms = (time.perf_counter() - started) * 1000
@@ -118,6 +161,7 @@ def answer_question(
         _explain(analysed, ranked, ranked_scores, evidence, probability, model, hits, answered)
         if explain
         else None,
+        quotes,
     )
 
 
@@ -231,8 +275,11 @@ def _text(quote: _Quote) -> str:
     return passage.text[slice(*passage.sentences[quote.sentence])]
 
 
-def _cite(hits: list[Hit], chosen: list[_Quote]) -> tuple[tuple[Citation, ...], str]:
-    """Citations (those used by the answer first, then the rest in rank order) and the answer."""
+def _cite(
+    hits: list[Hit], chosen: list[_Quote]
+) -> tuple[tuple[Citation, ...], tuple[Quote, ...], str]:
+    """Citations (those used by the answer first, then the rest in rank order), the quotes
+    and the answer's plain text."""
     used = list(dict.fromkeys(q.hit.position for q in chosen))
     order = used + [h.position for h in hits if h.position not in used]
     by_position = {h.position: h for h in hits}
@@ -258,4 +305,45 @@ def _cite(hits: list[Hit], chosen: list[_Quote]) -> tuple[tuple[Citation, ...], 
     # Quote in reading order within each cited passage, passages in citation order.
     quoted = sorted(chosen, key=lambda q: (numbers[q.hit.position], q.sentence))
     parts = [f"{_text(q)} [{numbers[q.hit.position]}]" for q in quoted]
-    return tuple(citations), " ".join(parts)
+    return tuple(citations), _quotes(quoted, numbers), " ".join(parts)
+
+
+def _quotes(quoted: list[_Quote], numbers: dict[int, int]) -> tuple[Quote, ...]:
+    """The structured quotes in reading order. A list's introduction, when the items
+    that follow it are quoted too, is their ``intro`` rather than a quote of its own."""
+    quotes: list[Quote] = []
+    for n, quote in enumerate(quoted):
+        passage = quote.hit.passage
+        shape = passage.shape(quote.sentence)
+        text = _text(quote)
+        following = quoted[n + 1] if n + 1 < len(quoted) else None
+        previous = quoted[n - 1] if n else None
+        # The sentence quoted just before it is what a leaning unit leans on.
+        after_its_antecedent = (
+            previous is not None
+            and previous.hit.position == quote.hit.position
+            and previous.sentence == quote.sentence - 1
+        )
+        if (
+            following is not None
+            and following.hit.position == quote.hit.position
+            and following.sentence == quote.sentence + 1
+            and passage.shape(following.sentence).kind == "list_item"
+            and passage.shape(following.sentence).intro == text
+        ):
+            continue
+        quotes.append(
+            Quote(
+                citation=numbers[quote.hit.position],
+                kind=shape.kind,
+                text=text,
+                span=passage.sentences[quote.sentence],
+                section=passage.section_path.rsplit(PATH_SEPARATOR, 1)[-1],
+                needs_section=shape.kind == "sentence"
+                and not after_its_antecedent
+                and bool(_LEANS.match(text)),
+                cells=shape.cells,
+                intro=shape.intro,
+            )
+        )
+    return tuple(quotes)

@@ -8,16 +8,18 @@ from functools import cache
 
 import pysbd
 
-from rag.ingest import Article, Section
+from rag.ingest import TEXT, Article, Section, Shape
 from rag.settings import Settings
 
 
 @dataclass(frozen=True)
 class Passage:
-    """A run of whole sentences from one section, the unit that is indexed and cited.
+    """A run of whole units from one section, the passage that is indexed and cited.
 
-    ``sentences`` holds the ``[start, end)`` character offsets of each sentence
-    in ``text``; the answer step quotes exactly those slices.
+    A unit is a sentence, a whole table row or a whole list item. ``sentences``
+    holds the ``[start, end)`` character offsets of each unit in ``text``, and
+    ``shapes`` what each is (a row's cells, a list item's introduction); the
+    answer step quotes exactly those slices.
     """
 
     id: str
@@ -29,6 +31,10 @@ class Passage:
     anchor: str
     text: str
     sentences: tuple[tuple[int, int], ...]
+    shapes: tuple[Shape, ...] = ()
+
+    def shape(self, unit: int) -> Shape:
+        return self.shapes[unit] if unit < len(self.shapes) else TEXT
 
     @property
     def url(self) -> str:
@@ -75,8 +81,15 @@ def chunk_section(article: Article, section: Section, settings: Settings) -> lis
     next passage repeats the last ``chunk_overlap_sentences`` sentences so an
     answer that straddles the cut is still found whole in one passage.
     """
-    # (line number, sentence) keeps line breaks: lists and table rows stay one per line.
-    units = [(n, s) for n, line in enumerate(section.lines) for s in split_sentences(line)]
+    # (line number, unit) keeps line breaks: list items and table rows stay one per line,
+    # whole; running text is cut into its sentences.
+    units = [
+        (n, unit)
+        for n, line in enumerate(section.lines)
+        for unit in (
+            [line.strip()] if section.shape(n).kind != "sentence" else split_sentences(line)
+        )
+    ]
     overlap = settings.chunk_overlap_sentences
     groups: list[list[tuple[int, str]]] = []
     current: list[tuple[int, str]] = []
@@ -113,6 +126,7 @@ def _passage(article: Article, section: Section, group: list[tuple[int, str]]) -
         spans.append((len(text), len(text) + len(sentence)))
         text += sentence
         previous_line = line_no
+    shapes = tuple(section.shape(line_no) for line_no, _ in group)
     key = "\x1f".join((article.url, section.anchor, section.path_text, text))
     return Passage(
         id=hashlib.sha256(key.encode()).hexdigest()[:16],
@@ -124,4 +138,5 @@ def _passage(article: Article, section: Section, group: list[tuple[int, str]]) -
         anchor=section.anchor,
         text=text,
         sentences=tuple(spans),
+        shapes=shapes,
     )

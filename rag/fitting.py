@@ -149,22 +149,27 @@ def _candidate_rows(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
 
 def _fit_ranker(examples: list[Example]) -> dict:
     """A pairwise logistic ranker: within each answerable question, every quote that holds
-    an answer phrase should score above every quote that holds none."""
+    an answer phrase should score above every quote that holds none. Each question weighs
+    the same, however many pairs it has: a question with long passages would otherwise
+    outvote ten short ones."""
     from sklearn.linear_model import LogisticRegression
 
     X, _ = _candidate_rows(examples)
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
-    pairs = []
+    pairs, weights = [], []
     for e in examples:
         if not e.question.answerable or not e.labels.any() or e.labels.all():
             continue
         f = (np.array([c.features for c in e.pool]) - mean) / scale
         pairs.append((f[e.labels][:, None, :] - f[~e.labels][None, :, :]).reshape(-1, f.shape[1]))
+        weights.append(np.full(len(pairs[-1]), 1 / len(pairs[-1])))
     D = np.concatenate(pairs)
+    w = np.concatenate(weights)
+    w = w / w.mean()
     fitted = LogisticRegression(max_iter=2000, fit_intercept=False).fit(
-        np.concatenate([D, -D]), np.r_[np.ones(len(D)), np.zeros(len(D))]
+        np.concatenate([D, -D]), np.r_[np.ones(len(D)), np.zeros(len(D))], np.r_[w, w]
     )
     return _as_data(mean, scale, fitted.coef_[0], 0.0)
 

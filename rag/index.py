@@ -19,11 +19,13 @@ import numpy as np
 from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
 from rag.errors import IndexMismatchError, IndexMissingError, RagError
-from rag.ingest import Article, CorpusFile, corpus_files, load_corpus
+from rag.ingest import Article, CorpusFile, Shape, corpus_files, load_corpus
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
-FORMAT_VERSION = 3  # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm"
+# 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm"; 4: table rows and
+# list items are whole units with their shapes (cells, introduction)
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
 _KEEP_BUILDS = 3
@@ -343,7 +345,13 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         sentence_vectors = np.load(path / "sentences.npy").astype(np.float32)
         sentence_dense = faiss.read_index(str(path / "sentences.faiss"))
         passages = tuple(
-            Passage(**{**row, "sentences": tuple(tuple(s) for s in row["sentences"])})
+            Passage(
+                **{
+                    **row,
+                    "sentences": tuple(tuple(s) for s in row["sentences"]),
+                    "shapes": tuple(Shape.from_dict(s) for s in row.get("shapes", ())),
+                }
+            )
             for row in map(json.loads, (path / "passages.jsonl").read_text("utf-8").splitlines())
         )
         articles = tuple(

@@ -28,20 +28,47 @@ _FOOTER = re.compile(r"^The post .+ appeared first on .+$", re.S)
 _BOX_DRAWING = re.compile(r"[\u2500-\u259f]+")
 _SPACE = re.compile(r"\s+")
 _ASCII_RULE = re.compile(r"^[\s+\-=|:]*$")
+_INTRO_WORDS = 15  # a line before a list this short is its title (a display choice)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a line is: running text, a table row with its ``(header, value)`` cells, or a
+    list item with the line that introduces its list."""
+
+    kind: str = "sentence"  # "sentence" | "table_row" | "list_item"
+    cells: tuple[tuple[str, str], ...] = ()
+    intro: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Shape:
+        cells = tuple((str(h), str(v)) for h, v in data.get("cells", ()))
+        return cls(str(data.get("kind", "sentence")), cells, str(data.get("intro", "")))
+
+
+TEXT = Shape()
 
 
 @dataclass(frozen=True)
 class Section:
-    """The text under one heading: its heading path, anchor and lines."""
+    """The text under one heading: its heading path, anchor and lines.
+
+    ``shapes`` says, line by line, which lines are table rows or list items;
+    a line without one is running text.
+    """
 
     heading: str
     path: tuple[str, ...]
     anchor: str
     lines: tuple[str, ...]
+    shapes: tuple[Shape, ...] = ()
 
     @property
     def path_text(self) -> str:
         return PATH_SEPARATOR.join(self.path)
+
+    def shape(self, line: int) -> Shape:
+        return self.shapes[line] if line < len(self.shapes) else TEXT
 
 
 @dataclass(frozen=True)
@@ -256,6 +283,7 @@ class _SectionBuilder:
         self.heading = title
         self.anchor = ""
         self.lines: list[str] = []
+        self.shapes: dict[int, Shape] = {}  # line number -> shape, for rows and list items
         self.sections: list[Section] = []
         self.anchors: set[str] = set()
 
@@ -274,9 +302,9 @@ class _SectionBuilder:
             elif tag in ("ul", "ol"):
                 self._list(child)
             elif tag == "table":
-                self.lines.extend(_table_rows(child))
+                self._rows(_table_rows(child))
             elif tag == "pre":
-                self.lines.extend(_pre_lines(child))
+                self._rows(_pre_lines(child))
             elif tag in ("img", "script", "style", "noscript", "iframe", "svg", "form"):
                 continue
             elif tag == "figure" and not child.xpath(".//table"):
@@ -305,8 +333,19 @@ class _SectionBuilder:
     def _flush(self) -> None:
         if self.lines:
             path = tuple(h for _, h in self.stack) or (self.heading,)
-            self.sections.append(Section(self.heading, path, self.anchor, tuple(self.lines)))
+            shapes = tuple(self.shapes.get(n, TEXT) for n in range(len(self.lines)))
+            self.sections.append(
+                Section(self.heading, path, self.anchor, tuple(self.lines), shapes)
+            )
         self.lines = []
+        self.shapes = {}
+
+    def _rows(self, lines: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+        """Lines of a table: rows carry their cells; a caption or title carries none."""
+        for text, cells in lines:
+            if cells:
+                self.shapes[len(self.lines)] = Shape("table_row", cells)
+            self.lines.append(text)
 
     def finish(self) -> list[Section]:
         self._flush()
@@ -322,16 +361,31 @@ class _SectionBuilder:
             self._add(p.text_content())
             return
         lines = [line for line in (_clean(x) for x in _split_at_breaks(p)) if line]
-        self.lines.extend(_flattened_table(lines) or lines)
+        if rows := _flattened_table(lines):
+            self._rows(rows)
+        else:
+            self.lines.extend(lines)
 
-    def _list(self, element: lxml.html.HtmlElement) -> None:
+    def _list(self, element: lxml.html.HtmlElement, intro: str | None = None) -> None:
+        """Each item a line, introduced by the text line before the list (or, in a nested
+        list, by its parent item)."""
+        if intro is None:
+            last = len(self.lines) - 1
+            before = self.lines[last] if last >= 0 and last not in self.shapes else ""
+            # A line ending with a colon, or a short title-like line, introduces the list;
+            # a paragraph of its own does not.
+            introduces = before.endswith(":") or len(before.split()) <= _INTRO_WORDS
+            intro = before if introduces else ""
         for item in element.iterchildren("li"):
             nested = [n for n in item if isinstance(n.tag, str) and n.tag in ("ul", "ol")]
             for n in nested:
                 item.remove(n)
+            before = len(self.lines)
             self._add(item.text_content())
+            if len(self.lines) > before:
+                self.shapes[before] = Shape("list_item", intro=intro)
             for n in nested:
-                self._list(n)
+                self._list(n, self.lines[before] if len(self.lines) > before else intro)
 
 
 def _split_at_breaks(element: lxml.html.HtmlElement) -> list[str]:
@@ -347,40 +401,46 @@ def _split_at_breaks(element: lxml.html.HtmlElement) -> list[str]:
     return parts
 
 
-def _flattened_table(lines: list[str]) -> list[str] | None:
+Row = tuple[str, tuple[tuple[str, str], ...]]  # a table's line and its (header, value) cells
+
+
+def _flattened_table(lines: list[str]) -> list[Row] | None:
     """Rows of a table flattened into a paragraph with ``<br>``, each prefixed by the header.
 
     The header is recognisable as a short first line without sentence
-    punctuation or figures, followed by at least two rows.
+    punctuation or figures, followed by at least two rows. Nothing marks where
+    one cell ends and the next begins, so a row stays whole: one cell under the
+    whole header line, rather than a guess at the columns.
     """
     if len(lines) < 3:
         return None
     header = lines[0]
     if len(header.split()) > 16 or re.search(r"[.!?;:]$|\d", header):
         return None
-    return [f"{header}: {row}" for row in lines[1:]]
+    return [(f"{header}: {row}", ((header, row),)) for row in lines[1:]]
 
 
-def _table_rows(table: lxml.html.HtmlElement) -> list[str]:
-    """Each row as one line that repeats its header cells: ``Country: US; Salary: $1``."""
+def _table_rows(table: lxml.html.HtmlElement) -> list[Row]:
+    """Each row as one line that repeats its header cells (``Country: US; Salary: $1``),
+    with those cells."""
     rows = [
         [_clean(cell.text_content()) for cell in tr if cell.tag in ("td", "th")]
         for tr in table.iter("tr")
     ]
     rows = [row for row in rows if any(row)]
-    lines = []
+    lines: list[Row] = []
     if caption := _clean(" ".join(table.xpath("./caption//text()"))):
-        lines.append(caption)
+        lines.append((caption, ()))
     if not rows:
         return lines
     header, body = rows[0], rows[1:]
     if not body:
-        return [*lines, "; ".join(c for c in header if c)]
+        return [*lines, ("; ".join(c for c in header if c), ())]
     lines.extend(_header_row(header, row) for row in body)
     return lines
 
 
-def _pre_lines(pre: lxml.html.HtmlElement) -> list[str]:
+def _pre_lines(pre: lxml.html.HtmlElement) -> list[Row]:
     """Preformatted text: ASCII tables become header-carrying rows, other lines stay lines."""
     if pre.text and pre.text.strip().endswith("CopyEdit"):
         pre.text = ""  # the "plaintext Copy Edit" buttons of a pasted chat transcript
@@ -389,25 +449,30 @@ def _pre_lines(pre: lxml.html.HtmlElement) -> list[str]:
     content = [line for line in raw if not _ASCII_RULE.match(line)]
     grid = [line for line in content if "|" in line]
     if len(grid) < 3 or len(grid) < len(content) - 2:
-        return [_clean(line) for line in content]
-    lines = [_clean(line) for line in content if "|" not in line]
+        return [(_clean(line), ()) for line in content]
+    lines: list[Row] = [(_clean(line), ()) for line in content if "|" not in line]
     rows = [[_clean(c) for c in line.strip().strip("|").split("|")] for line in grid]
     # Single-cell rows above the header are the table's title.
     while rows and len([c for c in rows[0] if c]) < 2:
-        lines.extend(c for c in rows.pop(0) if c)
+        lines.extend((c, ()) for c in rows.pop(0) if c)
+    if rows and any(re.fullmatch(r"[\d\s.,%$()+-]+", c) for c in rows[0] if c):
+        # A first row of figures is data, not a header (a bar chart drawn in text):
+        # the lines stay as written rather than be given made-up column names.
+        return [*lines, *((_clean(line), ()) for line in grid)]
     if rows:
         header, body = rows[0], rows[1:]
         lines.extend(_header_row(header, row) for row in body if any(row))
     return lines
 
 
-def _header_row(header: list[str], row: list[str]) -> str:
-    """``Header: cell; Header: cell`` for the non-empty cells of a row."""
-    return "; ".join(
-        f"{header[i]}: {cell}" if i < len(header) and header[i] else cell
-        for i, cell in enumerate(row)
-        if cell
+def _header_row(header: list[str], row: list[str]) -> Row:
+    """``Header: cell; Header: cell`` for the non-empty cells of a row, and those cells
+    (a cell without a header keeps an empty one)."""
+    cells = tuple(
+        (header[i] if i < len(header) else "", cell) for i, cell in enumerate(row) if cell
     )
+    text = "; ".join(f"{h}: {cell}" if h else cell for h, cell in cells)
+    return text, cells
 
 
 def _clean(text: str) -> str:

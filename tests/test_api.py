@@ -51,6 +51,7 @@ def test_answer_quotes_and_cites_the_articles(client: TestClient) -> None:
         "question",
         "answered",
         "answer",
+        "quotes",
         "citations",
         "took_ms",
         "probability",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -121,10 +121,40 @@ class CitationOut(BaseModel):
     )
 
 
+class QuoteOut(BaseModel):
+    """One quoted unit of the answer, verbatim in its cited passage."""
+
+    citation: int = Field(description="The `n` of the citation whose passage it quotes.")
+    kind: Literal["sentence", "table_row", "list_item"]
+    text: str = Field(description="The unit exactly as it stands in the passage's `text`.")
+    span: tuple[int, int] = Field(
+        description="[start, end) character offsets of `text` in the cited passage's `text`."
+    )
+    section: str = Field(description="The title of the section it stands under.")
+    needs_section: bool = Field(
+        description='The text leans on what comes before it ("This certification ..."): '
+        "show it under `section`."
+    )
+    cells: list[tuple[str, str]] | None = Field(
+        None,
+        description="Table rows only: the row's cells as [header, value] pairs, in order "
+        "(a header may be empty).",
+    )
+    intro: str | None = Field(
+        None,
+        description="List items only: the line that introduces the list (may be empty).",
+    )
+
+
 class AnswerOut(BaseModel):
     question: str
     answered: bool = Field(description="False when the articles don't cover the question.")
-    answer: str = Field(description="Quoted sentences with [n] markers, or why it was declined.")
+    answer: str = Field(
+        description="The quotes as plain text with [n] markers, or why it was declined."
+    )
+    quotes: list[QuoteOut] = Field(
+        description="The quoted units in reading order (empty when declined)."
+    )
     citations: list[CitationOut]
     took_ms: float
     probability: float = Field(
