@@ -187,9 +187,10 @@ def record_feedback(settings: Settings, feedback: Feedback) -> int:
 def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: TextIO) -> int:
     """Write every feedback, oldest first, as CSV or JSON lines; return how many.
 
-    In CSV, lists are joined with `` | `` and text that a spreadsheet would
-    run as a formula (starting with ``=``, ``+``, ``-`` or ``@``) gets a
-    leading ``'``: comments come from the public.
+    In CSV every field is quoted (a carriage return or line break stays inside
+    its field), lists are joined with `` | `` and text that a spreadsheet would
+    run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return) gets a leading ``'``: comments come from the public.
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)} (got {format!r})")
@@ -198,7 +199,7 @@ def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: Te
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         return len(rows)
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(_COLUMNS)
     for row in rows:
         writer.writerow(
@@ -288,8 +289,11 @@ def _rows(settings: Settings) -> list[dict]:
     return rows
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _spreadsheet_safe(value: object) -> object:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
 
