@@ -342,7 +342,7 @@ def _article(path: Path, title: str, url: str, published: str | None, html: str)
     if not title:
         raise CorpusError(f"{path}: an article has no title")
     url = url.strip()
-    if url and not _is_web_link(url):
+    if url and not is_web_link(url):
         raise CorpusError(
             f"{path}: article {title!r} links to {url!r}; "
             "only http(s) or relative links are accepted"
@@ -353,8 +353,11 @@ def _article(path: Path, title: str, url: str, published: str | None, html: str)
     return Article(title, url or f"/corpus/{path.name}", published, path.name, tuple(sections))
 
 
-def _is_web_link(url: str) -> bool:
+def is_web_link(url: str) -> bool:
     """Whether a citation may link to ``url``: http(s), or relative to the chat's site.
+
+    ``is_web_link("https://x.org/a")`` and ``is_web_link("/corpus/a.md")`` are
+    true; ``is_web_link("javascript:alert(1)")`` and ``data:`` URLs are false.
 
     Any whitespace or control character is refused outright: browsers drop
     tabs and newlines inside a scheme, so ``java\tscript:`` runs as script.
