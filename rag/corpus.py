@@ -160,6 +160,8 @@ def _corpus_articles(corpus_dir: Path) -> dict[str, list[Article]]:
     if not corpus_dir.is_dir():
         return {}
     files = sorted(p for p in corpus_dir.iterdir() if p.suffix.lower() in CORPUS_SUFFIXES)
+    for path in files:
+        check_not_linked(path)  # before reading: it might point at /dev/zero
     return {path.name: read_articles(path) for path in files}
 
 

@@ -37,7 +37,7 @@ _ASCII_RULE = re.compile(r"^[\s+\-=|:]*$")
 # control character left: titles and text are printed by `rag list` and `rag ask`.
 _ESCAPE = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
     r"|\x1b[@-Z\\-_]"
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
@@ -118,20 +118,18 @@ def corpus_files(corpus_dir: Path) -> list[Path]:
             f"no articles in {corpus_dir}: add .xml/.rss feeds, .html pages or .md files"
         )
     for path in paths:
-        check_not_linked(path, corpus_dir)
+        check_not_linked(path)
     return paths
 
 
-def check_not_linked(path: Path, folder: Path | None = None) -> None:
-    """Refuse a symbolic link, or a file whose real path is outside ``folder``.
+def check_not_linked(path: Path) -> None:
+    """Refuse a symbolic link: the index is public, and a link would publish what it points to.
 
-    The index is public: a link in the corpus folder would publish whatever it
-    points to (``ln -s /etc/passwd corpus/leak.md``).
+    ``ln -s /etc/passwd corpus/leak.md`` is refused. The corpus folder itself
+    may be a link; the files in it, which are then inside its real path, may not.
     """
     if path.is_symlink():
         raise CorpusError(f"{path}: is a symbolic link; copy the file itself into the corpus")
-    if folder is not None and not path.resolve().is_relative_to(folder.resolve()):
-        raise CorpusError(f"{path}: is outside the corpus folder {folder}")
 
 
 def load_corpus(corpus_dir: Path) -> tuple[list[Article], list[CorpusFile]]:

@@ -245,6 +245,17 @@ def test_rag_add_refuses_a_symlink_and_adds_nothing(
     assert list(tiny_settings.corpus_dir.iterdir()) == []
 
 
+def test_rag_add_refuses_to_work_on_a_corpus_holding_a_symlink(
+    tiny_settings: Settings, tmp_path: Path
+) -> None:
+    (tiny_settings.corpus_dir / "leak.md").symlink_to("/etc/passwd")
+    (tmp_path / "pay.md").write_text(_markdown(""), encoding="utf-8")
+
+    with pytest.raises(CorpusError, match=r"leak\.md: is a symbolic link"):
+        add_to_corpus(tiny_settings, [tmp_path / "pay.md"])
+    assert [p.name for p in tiny_settings.corpus_dir.iterdir()] == ["leak.md"]
+
+
 # Text outside block elements, and plain-text descriptions.
 
 
@@ -306,7 +317,8 @@ def test_terminal_escapes_are_stripped_from_titles_and_text(tmp_path: Path) -> N
     note = tmp_path / "pay.md"
     note.write_text(
         "---\ntitle: \x1b[2J\x1b[31mRed\x1b[0m pay\x07 \x1b]0;owned\x07report\x9b1m\n---\n"
-        "## Sal\x1b[5maries\x08\n\nEngineers\x01 earn \x1b]8;;http://evil\x1b\\well\x7f.\n",
+        "## Sal\x1b[5maries\x08\n\nEngineers\x01 earn \x1b]8;;http://evil\x1b\\well\x7f.\n\n"
+        "An unended \x1b]0;title keeps its text.\n",
         encoding="utf-8",
     )
     page = tmp_path / "page.html"
@@ -320,7 +332,10 @@ def test_terminal_escapes_are_stripped_from_titles_and_text(tmp_path: Path) -> N
     [html] = read_articles(page)
 
     assert md.title == "Red pay report"
-    assert (md.sections[0].heading, md.sections[0].lines) == ("Salaries", ("Engineers earn well.",))
+    assert (md.sections[0].heading, md.sections[0].lines) == (
+        "Salaries",
+        ("Engineers earn well.", "An unended 0;title keeps its text."),
+    )
     assert html.title == "Pay now"
     assert html.sections[0].lines == ("Good pay.",)
 
