@@ -13,7 +13,13 @@ from rag.embedding import Embedder
 from rag.errors import CorpusError, IndexMismatchError
 from rag.files import write_atomically
 from rag.index import ArticleInfo, BuildSummary, build_index, read_manifest
-from rag.ingest import CORPUS_SUFFIXES, FEED_SUFFIXES, Article, read_articles
+from rag.ingest import (
+    CORPUS_SUFFIXES,
+    FEED_SUFFIXES,
+    Article,
+    check_not_linked,
+    read_articles,
+)
 from rag.settings import Settings
 
 _KINDS = "a feed (.xml, .rss, .atom), an HTML page (.html, .htm) or a Markdown file (.md)"
@@ -54,8 +60,9 @@ def add_to_corpus(settings: Settings, paths: Sequence[Path]) -> CorpusChange:
             raise CorpusError(f"{path}: no such file; nothing was added")
         if path.name in incoming:
             raise CorpusError(f"two files are named {path.name}; nothing was added")
-        raw = _read_bytes(path)
         try:
+            check_not_linked(path)
+            raw = _read_bytes(path)
             incoming[path.name] = (raw, read_articles(path, raw))
         except CorpusError as exc:
             raise CorpusError(f"{exc}; nothing was added") from None
@@ -153,6 +160,8 @@ def _corpus_articles(corpus_dir: Path) -> dict[str, list[Article]]:
     if not corpus_dir.is_dir():
         return {}
     files = sorted(p for p in corpus_dir.iterdir() if p.suffix.lower() in CORPUS_SUFFIXES)
+    for path in files:
+        check_not_linked(path)  # before reading: it might point at /dev/zero
     return {path.name: read_articles(path) for path in files}
 
 

@@ -152,9 +152,13 @@ def record_feedback(settings: Settings, feedback: Feedback) -> int:
     """Store one feedback and return its id; it is committed when this returns.
 
     Safe to call from many threads and processes at once: a writer waits for
-    another one (up to 30 s) instead of failing.
+    another one, up to ``feedback_busy_timeout_seconds``. A database locked
+    longer, or more than ``feedback_max_writers`` writes of this process in
+    progress, is a `RagError` saying to try again (the web answers 503): a
+    stuck database never holds the server's threads, and a feedback is either
+    stored whole or not at all.
     """
-    with _transaction(settings, write=True) as db:
+    with _writer_slot(settings), _transaction(settings, write=True) as db:
         feedback_id = db.execute(
             "INSERT INTO feedback (created_at, question, answer, helpful, comment, "
             "passage_ids, api_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -187,9 +191,10 @@ def record_feedback(settings: Settings, feedback: Feedback) -> int:
 def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: TextIO) -> int:
     """Write every feedback, oldest first, as CSV or JSON lines; return how many.
 
-    In CSV, lists are joined with `` | `` and text that a spreadsheet would
-    run as a formula (starting with ``=``, ``+``, ``-`` or ``@``) gets a
-    leading ``'``: comments come from the public.
+    In CSV every field is quoted (a carriage return or line break stays inside
+    its field), lists are joined with `` | `` and text that a spreadsheet would
+    run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+    carriage return) gets a leading ``'``: comments come from the public.
     """
     if format not in EXPORT_FORMATS:
         raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)} (got {format!r})")
@@ -198,7 +203,7 @@ def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: Te
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         return len(rows)
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(_COLUMNS)
     for row in rows:
         writer.writerow(
@@ -288,10 +293,37 @@ def _rows(settings: Settings) -> list[dict]:
     return rows
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _spreadsheet_safe(value: object) -> object:
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
+
+
+_writers: dict[tuple[Path, int], threading.BoundedSemaphore] = {}
+
+
+@contextmanager
+def _writer_slot(settings: Settings) -> Iterator[None]:
+    """One of this process's ``feedback_max_writers`` places to write; refused when all are taken.
+
+    SQLite lets one writer in at a time, so more waiting in one process would
+    only hold more of the web server's threads while the database is locked.
+    """
+    key = (settings.feedback_db, settings.feedback_max_writers)
+    with _SETUP:
+        slots = _writers.setdefault(key, threading.BoundedSemaphore(key[1]))
+    if not slots.acquire(blocking=False):
+        raise RagError(
+            f"the feedback database {settings.feedback_db} is busy "
+            f"({settings.feedback_max_writers} feedback writes are waiting); try again"
+        )
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 @contextmanager
@@ -299,6 +331,7 @@ def _transaction(settings: Settings, *, write: bool = False) -> Iterator[sqlite3
     """A transaction on this thread's connection, committed when the block ends."""
     db = _connection(settings)
     try:
+        db.execute(f"PRAGMA busy_timeout = {int(settings.feedback_busy_timeout_seconds * 1000)}")
         # IMMEDIATE takes the write lock up front, so a busy database is waited for
         # rather than failing when a read lock cannot be upgraded.
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -308,6 +341,13 @@ def _transaction(settings: Settings, *, write: bool = False) -> Iterator[sqlite3
         except BaseException:
             db.execute("ROLLBACK")
             raise
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise RagError(
+                f"the feedback database {settings.feedback_db} is busy (another writer held it "
+                f"over {settings.feedback_busy_timeout_seconds:g} s); try again"
+            ) from None
+        raise RagError(f"the feedback database {settings.feedback_db} failed: {exc}") from None
     except sqlite3.Error as exc:
         raise RagError(f"the feedback database {settings.feedback_db} failed: {exc}") from None
 
@@ -331,11 +371,15 @@ def _connection(settings: Settings) -> sqlite3.Connection:
             db.close()
         # isolation_level=None: transactions are begun explicitly, so BEGIN IMMEDIATE
         # takes the write lock up front and a busy database is waited for, not failed.
-        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=True)
+        db = sqlite3.connect(
+            path,
+            timeout=settings.feedback_busy_timeout_seconds,
+            isolation_level=None,
+            check_same_thread=True,
+        )
     except (OSError, sqlite3.Error) as exc:
         raise RagError(f"cannot open the feedback database {path}: {exc}") from None
     try:
-        db.execute("PRAGMA busy_timeout = 30000")
         # One thread at a time sets a new database up: switching it to WAL needs it to
         # itself, and SQLite reports "locked" at once rather than wait in that case.
         with _SETUP:
@@ -348,6 +392,8 @@ def _connection(settings: Settings) -> sqlite3.Connection:
         opened[path] = (db, _identity(path))
     except BaseException as exc:
         db.close()
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise RagError(f"the feedback database {path} is busy; try again") from None
         if isinstance(exc, sqlite3.DatabaseError):
             raise RagError(f"the feedback database {path} is unusable: {exc}") from None
         raise

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from email.utils import parsedate_to_datetime
+from html.entities import html5
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import lxml.etree as etree
 import lxml.html
 from markdown_it import MarkdownIt
 
 from rag.errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 FEED_SUFFIXES = (".xml", ".rss", ".atom")
 CORPUS_SUFFIXES = (*FEED_SUFFIXES, ".html", ".htm", ".md", ".markdown")
@@ -28,6 +33,22 @@ _FOOTER = re.compile(r"^The post .+ appeared first on .+$", re.S)
 _BOX_DRAWING = re.compile(r"[\u2500-\u259f]+")
 _SPACE = re.compile(r"\s+")
 _ASCII_RULE = re.compile(r"^[\s+\-=|:]*$")
+# Terminal escape sequences (CSI, OSC, other two-character escapes), then any C0 or C1
+# control character left: titles and text are printed by `rag list` and `rag ask`.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
+    r"|\x1b[@-Z\\-_]"
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
+_LINK_SCHEMES = ("http", "https")
+# Elements whose text runs on with the text around them; any other element is a block.
+_INLINE = frozenset(
+    {"a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn", "em", "font", "i"}
+    | {"ins", "kbd", "label", "mark", "q", "s", "samp", "small", "span", "strong", "sub"}
+    | {"sup", "time", "u", "var", "wbr"}
+)
+_SKIPPED = ("img", "script", "style", "noscript", "iframe", "svg", "form")
 _INTRO_WORDS = 15  # a line before a list this short is its title (a display choice)
 
 
@@ -123,7 +144,19 @@ def corpus_files(corpus_dir: Path) -> list[Path]:
         raise CorpusError(
             f"no articles in {corpus_dir}: add .xml/.rss feeds, .html pages or .md files"
         )
+    for path in paths:
+        check_not_linked(path)
     return paths
+
+
+def check_not_linked(path: Path) -> None:
+    """Refuse a symbolic link: the index is public, and a link would publish what it points to.
+
+    ``ln -s /etc/passwd corpus/leak.md`` is refused. The corpus folder itself
+    may be a link; the files in it, which are then inside its real path, may not.
+    """
+    if path.is_symlink():
+        raise CorpusError(f"{path}: is a symbolic link; copy the file itself into the corpus")
 
 
 def load_corpus(corpus_dir: Path) -> tuple[list[Article], list[CorpusFile]]:
@@ -188,22 +221,23 @@ def _read_feed(path: Path, raw: bytes) -> list[Article]:
 
 
 def _rss_item(path: Path, item: etree._Element) -> Article:
-    title = _clean(item.findtext("title") or "")
-    url = (item.findtext("link") or "").strip()
-    html = item.findtext("content:encoded", namespaces=_NS) or item.findtext("description") or ""
+    text = _FeedText(path, item)
+    title = text("title")
+    html = text("content:encoded", html=True) or text("description", html=True)
     published = None
-    if date := (item.findtext("pubDate") or "").strip():
+    if date := text("pubDate").strip():
         try:
             published = parsedate_to_datetime(date).isoformat()
         except (TypeError, ValueError):
             raise CorpusError(
-                f"{path}: item {title!r} has an unreadable pubDate {date!r}"
+                f"{path}: item {_clean(title)!r} has an unreadable pubDate {date!r}"
             ) from None
-    return _article(path, title, url, published, html)
+    return _article(path, title, text("link"), published, html)
 
 
 def _atom_entry(path: Path, entry: etree._Element) -> Article:
-    title = _clean(entry.findtext("atom:title", namespaces=_NS) or "")
+    text = _FeedText(path, entry)
+    title = text("atom:title")
     link = entry.find("atom:link[@rel='alternate']", _NS)
     if link is None:
         link = entry.find("atom:link", _NS)
@@ -216,17 +250,58 @@ def _atom_entry(path: Path, entry: etree._Element) -> Article:
         if content.get("type") == "xhtml":
             html = "".join(etree.tostring(child, encoding="unicode") for child in content)
         else:
-            html = content.text or ""
-    date = entry.findtext("atom:published", namespaces=_NS) or entry.findtext(
-        "atom:updated", namespaces=_NS
-    )
+            html = text(content, html=True)
+    date = text("atom:published") or text("atom:updated")
     published = None
     if date:
         try:
             published = datetime.fromisoformat(date.strip().replace("Z", "+00:00")).isoformat()
         except ValueError:
-            raise CorpusError(f"{path}: entry {title!r} has an unreadable date {date!r}") from None
+            raise CorpusError(
+                f"{path}: entry {_clean(title)!r} has an unreadable date {date!r}"
+            ) from None
     return _article(path, title, url, published, html)
+
+
+class _FeedText:
+    """The whole text of an item's child elements, entities the parser left unresolved included.
+
+    Feeds are parsed without resolving entities (no network, no entity
+    expansion), so an entity declared in an external DTD (``&nbsp;``) stays a
+    node, and ``findtext`` would stop at it and drop the rest. A name HTML
+    knows is kept (decoded in plain text, left for the HTML parser in markup);
+    any other one is left out with a warning.
+    """
+
+    def __init__(self, path: Path, item: etree._Element) -> None:
+        self.path = path
+        self.item = item
+
+    def __call__(self, child: str | etree._Element, *, html: bool = False) -> str:
+        element = self.item.find(child, _NS) if isinstance(child, str) else child
+        return "" if element is None else self._text(element, element, html)
+
+    def _text(self, node: etree._Element, element: etree._Element, html: bool) -> str:
+        parts = [node.text or ""]
+        for child in node:
+            if child.tag is etree.Entity:
+                parts.append(self._entity(child.text, element, html=html))
+            elif isinstance(child.tag, str):
+                parts.append(self._text(child, element, html))
+            parts.append(child.tail or "")  # a comment's tail too
+        return "".join(parts)
+
+    def _entity(self, reference: str, element: etree._Element, *, html: bool) -> str:
+        name = reference[1:]  # "&nbsp;" -> "nbsp;", the key of html5
+        if name in html5:
+            return reference if html else html5[name]
+        log.warning(
+            "%s: <%s> uses the entity %s, which is not defined; it was left out",
+            self.path,
+            etree.QName(element).localname,
+            reference,
+        )
+        return ""
 
 
 def _read_html_page(path: Path, text: str) -> Article:
@@ -239,7 +314,7 @@ def _read_html_page(path: Path, text: str) -> Article:
     body = doc.find("body")
     html = lxml.html.tostring(body if body is not None else doc, encoding="unicode")
     url = canonical[0] if canonical else f"/corpus/{path.name}"
-    return _article(path, title, url, dates[0] if dates else None, html)
+    return _article(path, title, url, _iso_date(path, title, dates[0]) if dates else None, html)
 
 
 def _read_markdown(path: Path, text: str) -> Article:
@@ -252,7 +327,34 @@ def _read_markdown(path: Path, text: str) -> Article:
     html = MarkdownIt("commonmark").enable("table").render(text)
     title = meta.get("title") or _first_heading(lxml.html.fragment_fromstring(html, "div"))
     url = meta.get("url") or f"/corpus/{path.name}"
-    return _article(path, title or path.stem, url, meta.get("date") or None, html)
+    title = title or path.stem
+    published = _iso_date(path, title, date) if (date := meta.get("date")) else None
+    return _article(path, title, url, published, html)
+
+
+def _iso_date(path: Path, title: str, text: str) -> str:
+    """A page's or a Markdown file's date as ISO 8601: a day, or a date-time.
+
+    ISO 8601 (``2025-01-02``, ``2025-01-02T10:30:00Z``) and RFC 2822 (as in
+    RSS) are read; anything else stops the file, because the API and the date
+    filters read every article's day.
+    """
+    text = text.strip()
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(text).isoformat()
+    except (TypeError, ValueError, IndexError):
+        raise CorpusError(
+            f"{path}: article {_clean(title)!r} has an unreadable date {text!r}; "
+            "write it as YYYY-MM-DD (or an ISO 8601 date-time)"
+        ) from None
 
 
 def _first_heading(doc: lxml.html.HtmlElement) -> str:
@@ -261,12 +363,37 @@ def _first_heading(doc: lxml.html.HtmlElement) -> str:
 
 
 def _article(path: Path, title: str, url: str, published: str | None, html: str) -> Article:
+    title = _clean(title)
     if not title:
         raise CorpusError(f"{path}: an article has no title")
+    url = url.strip()
+    if url and not is_web_link(url):
+        raise CorpusError(
+            f"{path}: article {title!r} links to {url!r}; "
+            "only http(s) or relative links are accepted"
+        )
     sections = _sections(title, html) if html.strip() else []
     if not sections:
         raise CorpusError(f"{path}: article {title!r} has no text")
     return Article(title, url or f"/corpus/{path.name}", published, path.name, tuple(sections))
+
+
+def is_web_link(url: str) -> bool:
+    """Whether a citation may link to ``url``: http(s), or relative to the chat's site.
+
+    ``is_web_link("https://x.org/a")`` and ``is_web_link("/corpus/a.md")`` are
+    true; ``is_web_link("javascript:alert(1)")`` and ``data:`` URLs are false.
+
+    Any whitespace or control character is refused outright: browsers drop
+    tabs and newlines inside a scheme, so ``java\tscript:`` runs as script.
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return False
+    return scheme in _LINK_SCHEMES or (not scheme and ":" not in url.split("/", 1)[0])
 
 
 def _sections(title: str, html: str) -> list[Section]:
@@ -288,32 +415,53 @@ class _SectionBuilder:
         self.anchors: set[str] = set()
 
     def walk(self, element: lxml.html.HtmlElement) -> None:
+        """Read an element's children; text between them is a line of its own.
+
+        A container's own text and the text after each block inside it
+        (``<div>Intro <p>Para.</p> Tail</div>``) are kept, with inline markup
+        (``<b>``, ``<a>`` …) running on in the same line and ``<br>`` ending it.
+        """
+        loose = [element.text or ""]
         for child in element:
-            if not isinstance(child.tag, str):  # comments, processing instructions
-                continue
-            tag = child.tag.lower()
-            if tag in _HEADINGS:
-                # An article's own title is its h1, so an h1 in the body ranks as an h2:
-                # otherwise one promotional h1 would become the parent of every section.
-                level = max(_HEADINGS[tag], 2)
-                self._open(level, _clean(child.text_content()), child.get("id"))
-            elif tag == "p":
-                self._paragraph(child)
-            elif tag in ("ul", "ol"):
-                self._list(child)
-            elif tag == "table":
-                self._rows(_table_rows(child))
-            elif tag == "pre":
-                self._rows(_pre_lines(child))
-            elif tag in ("img", "script", "style", "noscript", "iframe", "svg", "form"):
-                continue
-            elif tag == "figure" and not child.xpath(".//table"):
-                if caption := _clean(" ".join(child.xpath(".//figcaption//text()"))):
-                    self.lines.append(caption)
-            elif len(child):
-                self.walk(child)
-            else:
-                self._add(child.text_content())
+            tag = child.tag.lower() if isinstance(child.tag, str) else ""
+            if tag == "br":
+                self._add_loose(loose)
+                loose = []
+            elif tag in _INLINE and not _holds_blocks(child):
+                loose.append(child.text_content())
+            elif tag and tag not in _SKIPPED:  # not a comment, a script, an image …
+                self._add_loose(loose)
+                loose = []
+                self._block(child, tag)
+            loose.append(child.tail or "")
+        self._add_loose(loose)
+
+    def _block(self, child: lxml.html.HtmlElement, tag: str) -> None:
+        if tag in _HEADINGS:
+            # An article's own title is its h1, so an h1 in the body ranks as an h2:
+            # otherwise one promotional h1 would become the parent of every section.
+            level = max(_HEADINGS[tag], 2)
+            self._open(level, _clean(child.text_content()), child.get("id"))
+        elif tag == "p":
+            self._paragraph(child)
+        elif tag in ("ul", "ol"):
+            self._list(child)
+        elif tag == "table":
+            self._rows(_table_rows(child))
+        elif tag == "pre":
+            self._rows(_pre_lines(child))
+        elif tag == "figure" and not child.xpath(".//table"):
+            if caption := _clean(" ".join(child.xpath(".//figcaption//text()"))):
+                self.lines.append(caption)
+        elif len(child):
+            self.walk(child)
+        else:
+            self._add(child.text_content())
+
+    def _add_loose(self, parts: list[str]) -> None:
+        # A blank line parts paragraphs of plain text (an RSS description without markup).
+        for paragraph in re.split(r"\n\s*\n", "".join(parts)):
+            self._add(paragraph)
 
     def _open(self, level: int, heading: str, anchor: str | None) -> None:
         if not heading:
@@ -386,6 +534,14 @@ class _SectionBuilder:
                 self.shapes[before] = Shape("list_item", intro=intro)
             for n in nested:
                 self._list(n, self.lines[before] if len(self.lines) > before else intro)
+
+
+def _holds_blocks(element: lxml.html.HtmlElement) -> bool:
+    """Whether an inline element wraps block elements (``<a><p>…</p></a>``) or breaks."""
+    return any(
+        isinstance(node.tag, str) and node.tag.lower() not in _INLINE
+        for node in element.iterdescendants()
+    )
 
 
 def _split_at_breaks(element: lxml.html.HtmlElement) -> list[str]:
@@ -476,4 +632,6 @@ def _header_row(header: list[str], row: list[str]) -> Row:
 
 
 def _clean(text: str) -> str:
+    """Text on one line: no terminal escapes or control characters, spaces collapsed."""
+    text = _CONTROL.sub("", _ESCAPE.sub("", text))
     return _SPACE.sub(" ", text.replace("\u00a0", " ")).strip()

@@ -49,6 +49,11 @@ class Settings:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     # How often (seconds) a running server looks for a rebuilt index.
     reload_check_seconds: float = 1.0
+    # Feedback: how long (seconds) a write waits for another writer to finish, and how many
+    # writes of one process may be in progress (writing or waiting) at once; one more is
+    # refused at once. Both keep a locked database from holding up the server's threads.
+    feedback_busy_timeout_seconds: float = 2.0
+    feedback_max_writers: int = 8
 
     def __post_init__(self) -> None:
         if self.chunk_words < 20 or self.chunk_max_words < self.chunk_words:
@@ -72,6 +77,15 @@ class Settings:
             raise SettingsError("rate_limit_per_minute must be 0 (off) or more")
         if self.key_rate_limit_per_minute < 0:
             raise SettingsError("key_rate_limit_per_minute must be 0 (off) or more")
+        if not 0 < self.feedback_busy_timeout_seconds <= 600:
+            raise SettingsError(
+                f"feedback_busy_timeout_seconds must be more than 0 and at most 600 "
+                f"(got {self.feedback_busy_timeout_seconds})"
+            )
+        if self.feedback_max_writers < 1:
+            raise SettingsError(
+                f"feedback_max_writers must be at least 1 (got {self.feedback_max_writers})"
+            )
 
     @property
     def model_cache_dir(self) -> Path:

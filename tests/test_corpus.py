@@ -20,7 +20,7 @@ from rag.settings import Settings
 def _markdown(slug: str, title: str, topic: str) -> str:
     return (
         f"---\ntitle: {title}\nurl: https://blog.example.com/{slug}/\n"
-        f"date: 2025-03-0{len(slug) % 9}\n---\n\n# {title}\n\n## Why {topic} matters\n\n"
+        f"date: 2025-03-0{len(slug) % 9 or 9}\n---\n\n# {title}\n\n## Why {topic} matters\n\n"
         f"Engineers who learn {topic} early are hired faster. Teams value {topic} in interviews."
         f"\n\n## How to start with {topic}\n\n"
         f"Start with one small project about {topic}. Share it with a mentor and ask for review.\n"

@@ -207,7 +207,8 @@ def test_csv_export_joins_lists_and_defuses_formulas(tiny_settings: Settings) ->
 
 def test_export_of_no_feedback_is_a_header_only(tiny_settings: Settings) -> None:
     assert _export(tiny_settings, "csv").splitlines() == [
-        "id,created_at,helpful,question,answer,comment,passage_ids,articles,sections,api_key"
+        '"id","created_at","helpful","question","answer","comment","passage_ids","articles",'
+        '"sections","api_key"'
     ]
     assert _export(tiny_settings, "jsonl") == ""
     with pytest.raises(InputError, match="format must be one of csv, jsonl"):

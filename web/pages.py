@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from rag.answering import MAX_QUESTION_CHARS, Answer, Citation
 from rag.errors import InputError
+from rag.ingest import is_web_link
 from web.api import (
     MAX_HISTORY,
     AnswerOut,
@@ -70,7 +71,11 @@ def quotes(answer: Answer) -> list[tuple[str, Citation]]:
     return [(c.text[start:end], c) for c in answer.citations for start, end in c.highlights]
 
 
-templates.env.globals.update(marked=marked, quotes=quotes, max_chars=MAX_QUESTION_CHARS)
+# web_link: only http(s) and relative URLs become links; an index built before ingest
+# refused others (javascript:, data:) shows them as text.
+templates.env.globals.update(
+    marked=marked, quotes=quotes, max_chars=MAX_QUESTION_CHARS, web_link=is_web_link
+)
 
 
 def _page(

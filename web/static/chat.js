@@ -23,6 +23,17 @@
     return node;
   }
 
+  // Only http(s) and relative URLs become links (the URL parser drops tabs and newlines as
+  // a browser does); any other (javascript:, data:) is shown as text, as on the page.
+  function linkTo(url) {
+    try {
+      const { protocol } = new URL(url, document.baseURI);
+      return protocol === "http:" || protocol === "https:" ? { href: url } : {};
+    } catch {
+      return {};
+    }
+  }
+
   // Highlight offsets count code points (Python), not UTF-16 units: slice by code point.
   function marked(citation) {
     const chars = Array.from(citation.text);
@@ -40,7 +51,7 @@
   function passage(citation) {
     const link = el(
       "a",
-      { class: "passage-link", href: citation.url, target: "_blank", rel: "noopener" },
+      { class: "passage-link", ...linkTo(citation.url), target: "_blank", rel: "noopener" },
       `${citation.article} › ${citation.section} `,
       el("span", { "aria-hidden": "true" }, "↗"),
     );
@@ -76,7 +87,7 @@
         el("span", { class: "source-section" }, citation.section),
       );
       const number = el("span", { class: "num", "aria-hidden": "true" }, String(citation.n));
-      const attributes = { class: "source", href: citation.url, target: "_blank", rel: "noopener" };
+      const attributes = { class: "source", ...linkTo(citation.url), target: "_blank", rel: "noopener" };
       list.append(el("li", {}, el("a", attributes, number, name)));
     }
     return list;
