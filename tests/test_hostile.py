@@ -50,7 +50,10 @@ def hostile_settings(tmp_path_factory: pytest.TempPathFactory, embedder: Embedde
     (root / "corpus").mkdir()
     (root / "corpus" / "ml.md").write_text(ARTICLE, encoding="utf-8")
     settings = Settings(
-        corpus_dir=root / "corpus", index_dir=root / "index", data_dir=root / "data"
+        corpus_dir=root / "corpus",
+        index_dir=root / "index",
+        data_dir=root / "data",
+        trusted_hosts=("127.0.0.1", "localhost", "testserver"),  # TestClient: testserver
     )
     build_index(settings, embedder)
     return settings
