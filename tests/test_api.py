@@ -217,7 +217,7 @@ def test_openapi_documents_the_typed_answer_route(client: TestClient) -> None:
     request_schema = schema["components"]["schemas"][request_ref.rsplit("/", 1)[1]]
     assert request_schema["additionalProperties"] is False
     assert request_schema["required"] == ["question"]
-    assert set(answer["responses"]) == {"200", "400", "415", "422", "503"}
+    assert set(answer["responses"]) == {"200", "400", "408", "413", "415", "422", "429", "503"}
     assert "/api/articles" in schema["paths"] and "/api/health" in schema["paths"]
     assert "/" not in schema["paths"]
     assert client.get("/docs").status_code == 200
