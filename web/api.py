@@ -264,7 +264,7 @@ def describe(errors: list[Any]) -> list[dict[str, str]]:
     for error in errors:
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
         field = ".".join(loc)
-        message = str(error.get("msg", "is not valid"))
+        message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             field, message = "body", f"is not valid JSON ({error.get('ctx', {}).get('error')})"
         elif error.get("type") == "string_pattern_mismatch" and field == "question":
