@@ -328,8 +328,8 @@ def serve_command(host: str, port: int, workers: int) -> None:
     """Serve the chat page and the JSON API with uvicorn."""
     from web.serve import serve
 
-    _settings()  # check the environment's settings before starting workers
-    serve(host, port, workers)
+    # Checked here, before any worker starts; each worker reads the same environment.
+    serve(_settings(), host, port, workers)
 
 
 def _data_option(command: Any) -> Any:

@@ -10,6 +10,7 @@ from rag.errors import SettingsError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 INDEX_KINDS = ("flat", "hnsw", "auto")
+CHAT_MODES = ("public", "keys", "off")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,27 @@ class Settings:
     # Requests a minute each API key may make (0: no limit), counted over the last 60 s.
     key_rate_limit_per_minute: int = 600
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # Slow or stalled clients: a connection must send a whole request head within
+    # `header_timeout_seconds` of opening (or of the previous response), and a request
+    # its whole body within `body_timeout_seconds` (408); both are closed otherwise.
+    header_timeout_seconds: float = 5.0
+    body_timeout_seconds: float = 10.0
+    # Open connections one client address may hold, per worker (0: no cap).
+    max_connections_per_client: int = 64
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses or "*");
+    # none by default: the client is the connecting address.
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
+    # Host header values this server answers to ("*": any), against DNS rebinding.
+    trusted_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    # Who may use the chat page: "public" (a per-client rate limit and a signed token the
+    # page embeds), "keys" (the page asks for an API key) or "off" (no chat).
+    chat: str = "public"
+    # Requests a minute each client address may make to the chat's routes, per worker.
+    chat_rate_limit_per_minute: int = 60
+    # How long a chat page's token is accepted after the page was served.
+    chat_token_seconds: int = 3600
+    # Bytes of feedback one client address may send a day (UTC), per worker (0: no cap).
+    feedback_bytes_per_client_per_day: int = 262_144
     # How often (seconds) a running server looks for a rebuilt index.
     reload_check_seconds: float = 1.0
     # Feedback: how long (seconds) a write waits for another writer to finish, and how many
@@ -86,6 +108,20 @@ class Settings:
             raise SettingsError(
                 f"feedback_max_writers must be at least 1 (got {self.feedback_max_writers})"
             )
+        if self.header_timeout_seconds <= 0 or self.body_timeout_seconds <= 0:
+            raise SettingsError("header_timeout_seconds and body_timeout_seconds must be above 0")
+        if self.max_connections_per_client < 0:
+            raise SettingsError("max_connections_per_client must be 0 (no cap) or more")
+        if not self.trusted_hosts:
+            raise SettingsError('trusted_hosts must name at least one host (or "*" for any)')
+        if self.chat not in CHAT_MODES:
+            raise SettingsError(f"chat must be one of {', '.join(CHAT_MODES)} (got {self.chat!r})")
+        if self.chat_rate_limit_per_minute < 1:
+            raise SettingsError("chat_rate_limit_per_minute must be at least 1")
+        if self.chat_token_seconds < 60:
+            raise SettingsError("chat_token_seconds must be at least 60")
+        if self.feedback_bytes_per_client_per_day < 0:
+            raise SettingsError("feedback_bytes_per_client_per_day must be 0 (no cap) or more")
 
     @property
     def model_cache_dir(self) -> Path:
@@ -95,6 +131,11 @@ class Settings:
     @property
     def feedback_db(self) -> Path:
         return self.data_dir / "feedback.sqlite3"
+
+    @property
+    def chat_secret_file(self) -> Path:
+        """The key the chat's tokens are signed with, shared by every worker."""
+        return self.data_dir / "chat-secret"
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some fields changed (validated again)."""

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
+# The hosts a server answers to by default, and TestClient's own ("testserver").
+TEST_HOSTS = ("127.0.0.1", "localhost", "testserver")
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +42,12 @@ def corpus_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings over a copy of the real corpus, with the index in a temporary folder."""
     root = tmp_path_factory.mktemp("real")
     shutil.copytree(CORPUS, root / "corpus")
-    return Settings(corpus_dir=root / "corpus", index_dir=root / "index", data_dir=root / "data")
+    return Settings(
+        corpus_dir=root / "corpus",
+        index_dir=root / "index",
+        data_dir=root / "data",
+        trusted_hosts=TEST_HOSTS,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +62,10 @@ def tiny_settings(tmp_path: Path) -> Settings:
     """Settings over an empty corpus folder in ``tmp_path``; tests write their own articles."""
     (tmp_path / "corpus").mkdir()
     return Settings(
-        corpus_dir=tmp_path / "corpus", index_dir=tmp_path / "index", data_dir=tmp_path / "data"
+        corpus_dir=tmp_path / "corpus",
+        index_dir=tmp_path / "index",
+        data_dir=tmp_path / "data",
+        trusted_hosts=TEST_HOSTS,
     )
 
 

@@ -15,6 +15,7 @@ from web.app import create_app
 
 SALARY = "How much do AI engineers earn in the US?"
 OFF_TOPIC = "What is the best pizza topping in Naples?"
+SITE = "http://testserver"  # TestClient's requests go to http://testserver
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,13 @@ def css(root: lxml.html.HtmlElement, selector: str) -> list[lxml.html.HtmlElemen
         tests = [f"contains(concat(' ', normalize-space(@class), ' '), ' {c} ')" for c in classes]
         path += f"//{tag or '*'}" + "".join(f"[{t}]" for t in tests)
     return root.xpath("." + path)
+
+
+def form_post(client: TestClient, data: dict) -> Any:
+    """The chat's form posted as a browser does: from its page, with the page's token."""
+    page = lxml.html.fromstring(client.get("/").text)
+    token = page.xpath("//form[@id='ask']/input[@name='chat_token']/@value")[0]
+    return client.post("/", data=data | {"chat_token": token}, headers={"origin": SITE})
 
 
 def page_of(response: Any) -> lxml.html.HtmlElement:
@@ -115,7 +123,7 @@ def test_question_is_trimmed_before_answering(client: TestClient) -> None:
         ({"question": "salary", "history": ["q"] * 11}, 422, "history: List should have at most"),
         ({"question": "salary", "history": ["x" * 1001]}, 422, "history.0: String should have"),
         ({"question": "salary", "model": "gpt"}, 422, "model: is not a known field"),
-        ({"question": "salary", "published_after": "soon"}, 422, "published_after: Input should"),
+        ({"question": "salary", "published_after": "soon"}, 422, "published_after: must be a day"),
         (["salary"], 400, "body: must be a JSON object"),
         ("salary", 400, "body: must be a JSON object"),
     ],
@@ -210,7 +218,7 @@ def test_openapi_documents_the_typed_answer_route(client: TestClient) -> None:
     request_schema = schema["components"]["schemas"][request_ref.rsplit("/", 1)[1]]
     assert request_schema["additionalProperties"] is False
     assert request_schema["required"] == ["question"]
-    assert set(answer["responses"]) == {"200", "400", "415", "422", "503"}
+    assert set(answer["responses"]) == {"200", "400", "408", "413", "415", "422", "429", "503"}
     assert "/api/articles" in schema["paths"] and "/api/health" in schema["paths"]
     assert "/" not in schema["paths"]
     assert client.get("/docs").status_code == 200
@@ -231,7 +239,7 @@ def test_empty_chat_offers_example_questions_and_a_labelled_form(client: TestCli
 
 def test_form_post_renders_the_answer_without_javascript(client: TestClient) -> None:
     earlier = "Which skills does an MLOps engineer need?"
-    response = client.post("/", data={"question": SALARY, "history": [earlier]})
+    response = form_post(client, {"question": SALARY, "history": [earlier]})
     assert response.status_code == 200, response.text
     page = page_of(response)
     api = client.post("/api/answer", json={"question": SALARY, "history": [earlier]}).json()
@@ -267,7 +275,7 @@ def test_form_post_renders_the_answer_without_javascript(client: TestClient) -> 
 def test_form_post_of_an_off_topic_question_shows_the_closest_sections(
     client: TestClient,
 ) -> None:
-    page = page_of(client.post("/", data={"question": OFF_TOPIC}))
+    page = page_of(form_post(client, {"question": OFF_TOPIC}))
     card = css(page, ".turn-answer .answer")[0]
     assert card.get("data-answered") == "false"
     assert texts(css(card, ".declined-text"))[0].startswith("The articles don't")
@@ -277,7 +285,7 @@ def test_form_post_of_an_off_topic_question_shows_the_closest_sections(
 
 
 def test_form_post_of_a_blank_question_shows_the_error_on_the_page(client: TestClient) -> None:
-    response = client.post("/", data={"question": "   "})
+    response = form_post(client, {"question": "   "})
     assert response.status_code == 400
     alert = page_of(response).get_element_by_id("form-error")
     assert alert.get("role") == "alert" and alert.get("hidden") is None
@@ -286,7 +294,7 @@ def test_form_post_of_a_blank_question_shows_the_error_on_the_page(client: TestC
 
 def test_script_in_a_question_comes_back_as_text(client: TestClient) -> None:
     question = "<script>alert(1)</script> AI engineer salary <b>now</b>"
-    response = client.post("/", data={"question": question, "history": ['"><img src=x>']})
+    response = form_post(client, {"question": question, "history": ['"><img src=x>']})
     assert response.status_code == 200, response.text
     page = page_of(response)
     # The only script is the page's own, and the question is shown as typed.

@@ -69,6 +69,17 @@ def exported(settings: Settings) -> dict[int, dict]:
     return {row["id"]: row for row in rows}
 
 
+def chat_token(client: TestClient) -> str:
+    """The token the chat page embeds, as a browser would find it."""
+    page = lxml.html.fromstring(client.get("/").text)
+    return page.xpath("//meta[@name='chat-token']/@content")[0]
+
+
+def from_page(client: TestClient) -> dict[str, str]:
+    """The headers the chat page's script sends."""
+    return SAME_SITE | {"x-chat-token": chat_token(client)}
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
@@ -145,8 +156,8 @@ def test_missing_helpful_is_named(client: TestClient, answered: dict) -> None:
     assert response.json()["detail"] == "helpful: Field required"
 
 
-def test_openapi_documents_feedback_and_the_bearer_key(client: TestClient) -> None:
-    schema = client.get("/openapi.json").json()
+def test_openapi_documents_feedback_and_the_bearer_key(client: TestClient, key: str) -> None:
+    schema = client.get("/openapi.json").json()  # with keys on: see tests/test_openapi.py
     feedback = schema["paths"]["/api/feedback"]["post"]
     assert "201" in feedback["responses"]
     assert feedback["security"] == [{"HTTPBearer": []}]
@@ -219,13 +230,15 @@ def test_a_damaged_keys_file_keeps_the_api_closed(
 def test_chat_routes_work_without_a_key_from_the_same_site(
     client: TestClient, settings: Settings, answered: dict, key: str
 ) -> None:
-    response = client.post("/chat/api/answer", json={"question": SALARY}, headers=SAME_SITE)
+    page_headers = from_page(client)
+    response = client.post("/chat/api/answer", json={"question": SALARY}, headers=page_headers)
     assert response.status_code == 200, response.text
     assert response.json()["answered"] is True
-    response = client.post("/chat/api/feedback", json=feedback_for(answered), headers=SAME_SITE)
+    response = client.post("/chat/api/feedback", json=feedback_for(answered), headers=page_headers)
     assert response.status_code == 201, response.text
     assert exported(settings)[response.json()["id"]]["api_key"] is None
-    page = client.post("/", data={"question": SALARY}, headers=SAME_SITE)
+    form = {"question": SALARY, "chat_token": chat_token(client)}
+    page = client.post("/", data=form, headers=SAME_SITE)
     assert page.status_code == 200, page.text
 
 
@@ -257,7 +270,7 @@ def test_cross_site_posts_to_the_chat_are_forbidden(
 
 
 def test_a_same_site_referer_is_enough_without_origin(client: TestClient) -> None:
-    headers = {"referer": "http://testserver/?from=chat"}
+    headers = {"referer": "http://testserver/?from=chat", "x-chat-token": chat_token(client)}
     response = client.post("/chat/api/answer", json={"question": SALARY}, headers=headers)
     assert response.status_code == 200, response.text
 
@@ -309,7 +322,7 @@ def test_chat_lists_the_articles_to_limit_to(client: TestClient) -> None:
 def test_form_post_with_an_article_cites_only_that_article(client: TestClient) -> None:
     articles = client.get("/api/articles").json()
     chosen = next(a for a in articles if "architect" in a["slug"])
-    form = {"question": SALARY, "articles": [chosen["slug"]]}
+    form = {"question": SALARY, "articles": [chosen["slug"]], "chat_token": chat_token(client)}
     response = client.post("/", data=form, headers=SAME_SITE)
     assert response.status_code == 200, response.text
     page = lxml.html.fromstring(response.text)

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+)
 from starlette.exceptions import HTTPException
 
 from rag.answering import MAX_QUESTION_CHARS, Answer, answer_question
@@ -24,6 +35,7 @@ from rag.feedback import (
     Feedback,
     record_feedback,
 )
+from rag.keys import keys_enabled
 from rag.retrieval import passage_filter
 from web.app import Engine, EngineDep
 from web.auth import ApiKeyName, require_key
@@ -32,10 +44,34 @@ log = logging.getLogger("rag.web")
 
 MAX_HISTORY = 10
 
+# Schema and server agree: the length is of the text as sent, and "not blank" is a
+# pattern, checked with Python's `re` (the models' regex_engine) whose \S is exactly
+# what the answering stage treats as text; the trimming comes after both.
+NOT_BLANK = r"\S"
 Question = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUESTION_CHARS)
+    str,
+    StringConstraints(max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK),
+    AfterValidator(str.strip),
 ]
 EarlierQuestion = Annotated[str, StringConstraints(max_length=MAX_QUESTION_CHARS)]
+ArticleReference = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FIELD_CHARS)]
+
+
+def _whole_number(value: object) -> object:
+    """JSON's 5.0 is the integer 5 (as JSON Schema says); 5.5, "5" and true stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _day(value: object) -> object:
+    """Only a ``YYYY-MM-DD`` string is a day: a number is not read as a Unix time."""
+    if isinstance(value, date) or (
+        isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)
+    ):
+        return value
+    raise ValueError("must be a day as YYYY-MM-DD")
+
+
+Day = Annotated[date, BeforeValidator(_day)]
 
 
 class AnswerRequest(BaseModel):
@@ -43,25 +79,31 @@ class AnswerRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        regex_engine="python-re",
         json_schema_extra={
             "examples": [{"question": "What skills does an MLOps engineer need?", "top_k": 5}]
         },
     )
 
-    question: Question = Field(description="The question, 1 to 1,000 characters once trimmed.")
-    top_k: Annotated[int, Field(ge=1, le=20, strict=True)] = Field(
-        5, description="How many passages to retrieve and cite."
+    question: Question = Field(
+        description="The question: at most 1,000 characters, not only spaces; trimmed."
+    )
+    top_k: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        5, ge=1, le=20, strict=True, description="How many passages to retrieve and cite."
     )
     history: list[EarlierQuestion] = Field(
         default_factory=list,
         max_length=MAX_HISTORY,
         description="Earlier questions of the conversation, oldest first (for follow-ups).",
     )
-    articles: list[str] = Field(
-        default_factory=list, max_length=50, description="Only cite these articles (URLs or slugs)."
+    articles: list[ArticleReference] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Only cite these articles (URLs or slugs from `/api/articles`; "
+        "an unknown one is a 400 naming it).",
     )
-    published_after: date | None = Field(None, description="Only articles published on or after.")
-    published_before: date | None = Field(None, description="Only articles published on or before.")
+    published_after: Day | None = Field(None, description="Only articles published on or after.")
+    published_before: Day | None = Field(None, description="Only articles published on or before.")
     explain: StrictBool = Field(
         False,
         description="For operators: add `explain` (the question analysis, the top candidates "
@@ -75,28 +117,30 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        regex_engine="python-re",
         json_schema_extra={
             "examples": [
                 {
-                    "question": "What skills does an MLOps engineer need?",
-                    "answer": "MLOps engineers need ... [1]",
-                    "passage_ids": ["3f2a9c0d1e4b5a67"],
-                    "helpful": True,
-                    "comment": "Exactly what I needed.",
+                    "question": "What do AI engineers earn in Antarctica?",
+                    "answer": "The articles don't say what AI engineers earn in Antarctica.",
+                    "passage_ids": [],
+                    "helpful": False,
+                    "comment": "I wanted figures for Antarctica.",
                 }
             ]
         },
     )
 
     question: Question = Field(description="The question that was answered.")
-    answer: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ANSWER_CHARS)] = Field(
-        description="The answer text as shown."
-    )
+    answer: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_ANSWER_CHARS, pattern=NOT_BLANK)
+    ] = Field(description="The answer text as shown.")
     passage_ids: list[
         Annotated[str, StringConstraints(min_length=1, max_length=MAX_FIELD_CHARS)]
     ] = Field(
         max_length=MAX_PASSAGES,
-        description="The `passage_id` of each citation of the answer (may be empty).",
+        description="The `passage_id` of each citation the answer quotes (may be empty); "
+        "one the loaded index does not hold is a 400 naming it.",
     )
     helpful: StrictBool = Field(description="Whether the answer helped.")
     comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT_CHARS)] = Field(
@@ -250,11 +294,13 @@ def describe(errors: list[Any]) -> list[dict[str, str]]:
     for error in errors:
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
         field = ".".join(loc)
-        message = str(error.get("msg", "is not valid"))
+        message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             field, message = "body", f"is not valid JSON ({error.get('ctx', {}).get('error')})"
-        elif error.get("type") == "string_too_short" and field == "question":
+        elif error.get("type") == "string_pattern_mismatch" and field == "question":
             message = "is empty; type a question about AI careers"
+        elif error.get("type") == "string_pattern_mismatch":
+            message = "is empty"
         elif error.get("type") == "extra_forbidden":
             message = "is not a known field"
         elif not field:
@@ -319,10 +365,21 @@ class JSONErrorRoute(APIRoute):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Problem, "description": "Malformed JSON or an unacceptable question"},
+    400: {"model": Problem, "description": "Malformed JSON, an unknown article or passage id"},
+    408: {"model": Problem, "description": "The body did not arrive in time"},
+    413: {"model": Problem, "description": "The body is larger than the server accepts"},
     415: {"model": Problem, "description": "The body is not JSON"},
     422: {"model": Problem, "description": "A field is missing, of the wrong type or too long"},
-    503: {"model": Problem, "description": "No usable index is loaded yet"},
+    429: {
+        "model": Problem,
+        "description": "Past a rate limit or the day's feedback allowance; see Retry-After",
+    },
+    503: {"model": Problem, "description": "No usable index yet, or the server is busy"},
+}
+READ_ERRORS = {status: ERRORS[status] for status in (429, 503)}
+# Documented on the keyed routes while API keys are on (see `openapi`).
+KEY_ERRORS: dict[str, dict[str, Any]] = {
+    "401": {"description": "No current API key; send `Authorization: Bearer <key>`"}
 }
 
 # Once an API key exists every route needs one (401 without, 429 past the key's rate
@@ -357,9 +414,7 @@ def feedback(request: FeedbackRequest, engine: EngineDep, api_key: ApiKeyName) -
     return {"id": store_feedback(engine, request, api_key)}
 
 
-@router.get(
-    "/articles", response_model=list[ArticleOut], responses={503: ERRORS[503]}, dependencies=keyed
-)
+@router.get("/articles", response_model=list[ArticleOut], responses=READ_ERRORS, dependencies=keyed)
 def articles(engine: EngineDep) -> list[dict]:
     """The indexed articles, with their publication day and size (API keys as for answers)."""
     index, _ = engine.current()
@@ -391,3 +446,48 @@ def health(engine: EngineDep) -> JSONResponse:
             "index_built_at": engine.index.built_at,
         }
     )
+
+
+def openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi``: the document as the server behaves right now.
+
+    While no API key exists the routes are open, so the document declares no
+    security; once one does, the keyed routes declare the bearer scheme and
+    their 401. Keys can be created while the server runs, so both documents are
+    kept and the current one is served.
+    """
+    documents: dict[bool, dict[str, Any]] = {}
+
+    def current() -> dict[str, Any]:
+        keyed = keys_enabled(app.state.settings)
+        if keyed not in documents:
+            full = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            documents[True], documents[False] = _with_keys(full), _without_keys(full)
+        return documents[keyed]
+
+    return current
+
+
+def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [op for path in document["paths"].values() for op in path.values()]
+
+
+def _with_keys(document: dict[str, Any]) -> dict[str, Any]:
+    document = copy.deepcopy(document)
+    for operation in _operations(document):
+        if "security" in operation:
+            operation["responses"] |= copy.deepcopy(KEY_ERRORS)
+    return document
+
+
+def _without_keys(document: dict[str, Any]) -> dict[str, Any]:
+    document = copy.deepcopy(document)
+    for operation in _operations(document):
+        operation.pop("security", None)
+    document.get("components", {}).pop("securitySchemes", None)
+    return document

@@ -124,6 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
     limits.install(app, settings)
     auth.install(app, settings)
     app.include_router(api.router)
+    app.openapi = api.openapi(app)  # type: ignore[method-assign]
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     return app

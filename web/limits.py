@@ -1,4 +1,4 @@
-"""Web limits: request size, bounded concurrency, rate limits and CORS, all from settings."""
+"""Web limits: hosts, request size and time, concurrency, rate limits and CORS, from settings."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import time
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -13,116 +14,262 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.settings import Settings
 
-# The routes that run the model: the only ones queued and rate limited.
+# The routes that run the model: the only ones queued.
 ANSWERING_ROUTES = {("POST", "/api/answer"), ("POST", "/chat/api/answer"), ("POST", "/")}
+# The routes that store what a client sends.
+FEEDBACK_ROUTES = {("POST", "/api/feedback"), ("POST", "/chat/api/feedback")}
+# Every route of the chat page, each counted against the chat's own per-client limit.
+CHAT_ROUTES = {
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("POST", "/"),
+    ("POST", "/chat/api/answer"),
+    ("POST", "/chat/api/feedback"),
+}
 _MAX_TRACKED_CLIENTS = 10_000
 
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Add the limiting middleware to ``app`` (safe defaults come from ``Settings``).
 
-    Outermost first: CORS (only when ``cors_origins`` is set), the per-client
-    rate limit, the body size limit, then the bounded queue in front of the
-    answering routes. Every refusal is a JSON ``{"detail": ...}``.
+    Outermost first: the Host allow-list, CORS (only when ``cors_origins`` is
+    set), the per-client rate limits, the body limit (the whole body, bounded by
+    size and time, is read before anything else runs), the daily feedback
+    allowance, then the bounded queue in front of the answering routes. Every
+    refusal is a JSON ``{"detail": ...}``.
     """
     # add_middleware puts each new layer outside the previous ones.
     app.add_middleware(AnswerQueue, settings=settings)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.feedback_bytes_per_client_per_day:
+        app.add_middleware(FeedbackAllowance, per_day=settings.feedback_bytes_per_client_per_day)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    if settings.chat != "off":
+        app.add_middleware(
+            RateLimit,
+            per_minute=settings.chat_rate_limit_per_minute,
+            kinds={route: "chat requests" for route in CHAT_ROUTES},
+        )
     if settings.rate_limit_per_minute:
-        app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute)
+        kinds = {route: "questions" for route in ANSWERING_ROUTES}
+        kinds |= {route: "feedback posts" for route in FEEDBACK_ROUTES}
+        app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute, kinds=kinds)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Authorization"],
+            allow_headers=["Content-Type", "Authorization", "X-Chat-Token"],
         )
+    app.add_middleware(TrustedHosts, hosts=settings.trusted_hosts)
 
 
-async def refuse(send: Send, status: int, detail: str, retry_after: float | None = None) -> None:
-    """Send a complete JSON error response ``{"detail": detail}``."""
+async def refuse(
+    send: Send,
+    status: int,
+    detail: str,
+    retry_after: float | None = None,
+    close: bool = False,
+) -> None:
+    """Send a complete JSON error response ``{"detail": detail}`` (``close``: then hang up)."""
     body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     if retry_after is not None:
         headers.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after))))
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+def _route(scope: Scope) -> tuple[str, str] | None:
+    return (scope["method"], scope["path"]) if scope["type"] == "http" else None
+
+
+def _client(scope: Scope) -> str:
+    return scope["client"][0] if scope.get("client") else "unknown"
+
+
 def _is_answering(scope: Scope) -> bool:
-    return scope["type"] == "http" and (scope["method"], scope["path"]) in ANSWERING_ROUTES
+    return _route(scope) in ANSWERING_ROUTES
+
+
+def host_name(host_header: str) -> str:
+    """The host of a ``Host`` header, without its port.
+
+    >>> host_name("[::1]:8000"), host_name("LocalHost:80"), host_name("127.0.0.1")
+    ('::1', 'localhost', '127.0.0.1')
+    """
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+class TrustedHosts:
+    """400 for a request whose ``Host`` is not one of ``hosts`` ("*": any).
+
+    A page on another site whose name was made to resolve to this server (DNS
+    rebinding) sends its own name as Host: refusing it keeps that page from
+    reading the API or passing the chat's same-origin check.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: tuple[str, ...]) -> None:
+        self.app = app
+        self.hosts = {host_name(h) for h in hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.hosts:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if host_name(header) not in self.hosts:
+            shown = header[:100] or "(none)"
+            return await refuse(send, 400, f"this server does not answer to the host {shown!r}")
+        await self.app(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """413 for a body over ``max_bytes``, by its Content-Length or as soon as the stream passes."""
+class _ClientGone(Exception):
+    pass
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+async def _read_body(receive: Receive, max_bytes: float) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body += message.get("body", b"")
+        if len(body) > max_bytes:
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            return body
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands over ``body`` whole, then waits as the real one does."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if given:
+            return await receive()  # e.g. http.disconnect
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+class BodyLimit:
+    """The whole body read up front: 413 past ``max_bytes``, 408 past ``timeout`` seconds.
+
+    Nothing inside (the queue, the route) runs until the body is complete, so a
+    client that sends a head and then stalls holds no answering slot; it gets a
+    408 and the connection is closed.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        detail = f"the request body is larger than {self.max_bytes} bytes"
+        too_large = f"the request body is larger than {self.max_bytes} bytes"
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await refuse(send, 413, detail)
-        received, too_large, started = 0, False, False
-
-        async def counted_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                too_large = True
-                raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if too_large:
-                return  # the app's reply to the cut-off body is replaced by the 413 below
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+            return await refuse(send, 413, too_large, close=True)
         try:
-            await self.app(scope, counted_receive, guarded_send)
-        except Exception:
-            if not too_large:
-                raise
-        if too_large and not started:
-            await refuse(send, 413, detail)
+            async with asyncio.timeout(self.timeout):
+                body = await _read_body(receive, self.max_bytes)
+        except _BodyTooLarge:
+            return await refuse(send, 413, too_large, close=True)
+        except TimeoutError:
+            detail = f"the request body did not arrive within {self.timeout:g} s"
+            return await refuse(send, 408, detail, close=True)
+        except _ClientGone:
+            return None
+        await self.app(scope, _replay(body, receive), send)
 
 
 class RateLimit:
-    """429 once a client address has asked more than ``per_minute`` questions (token bucket)."""
+    """429 once a client address has made more than ``per_minute`` requests (token bucket).
 
-    def __init__(self, app: ASGIApp, per_minute: int) -> None:
-        self.app, self.per_minute = app, per_minute
-        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last update)
+    ``kinds`` maps each limited route to what its requests are called in the
+    refusal; routes of one kind share a client's allowance.
+    """
+
+    def __init__(self, app: ASGIApp, per_minute: int, kinds: dict[tuple[str, str], str]) -> None:
+        self.app, self.per_minute, self.kinds = app, per_minute, kinds
+        # (client, kind) -> (tokens, last update)
+        self.buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_answering(scope):
+        kind = self.kinds.get(_route(scope))  # type: ignore[arg-type]
+        if kind is None:
             return await self.app(scope, receive, send)
-        client = scope["client"][0] if scope.get("client") else "unknown"
+        bucket = (_client(scope), kind)
         now, refill = time.monotonic(), self.per_minute / 60
-        tokens, last = self.buckets.get(client, (self.per_minute, now))
+        tokens, last = self.buckets.get(bucket, (self.per_minute, now))
         tokens = min(self.per_minute, tokens + (now - last) * refill)
         if tokens < 1:
-            self.buckets[client] = (tokens, now)
+            self.buckets[bucket] = (tokens, now)
             wait = (1 - tokens) / refill
-            detail = f"more than {self.per_minute} questions a minute; try again in {wait:.0f} s"
+            detail = f"more than {self.per_minute} {kind} a minute; try again in {wait:.0f} s"
             return await refuse(send, 429, detail, retry_after=wait)
         if len(self.buckets) >= _MAX_TRACKED_CLIENTS:
             # Forget clients whose bucket has refilled: they are back to a full allowance anyway.
             full = [c for c, (t, at) in self.buckets.items() if t + (now - at) * refill >= 1]
             for idle in full[: len(full) // 2 or 1]:
                 del self.buckets[idle]
-        self.buckets[client] = (tokens - 1, now)
+        self.buckets[bucket] = (tokens - 1, now)
         await self.app(scope, receive, send)
+
+
+class FeedbackAllowance:
+    """429 once a client address has had ``per_day`` bytes of feedback stored today (UTC).
+
+    Counted by the bodies of stored feedback (201), so refusals cost nothing;
+    the count starts again at midnight UTC.
+    """
+
+    MAX_CLIENTS = 100_000
+
+    def __init__(self, app: ASGIApp, per_day: int) -> None:
+        self.app, self.per_day = app, per_day
+        self.day = datetime.now(UTC).date()
+        self.stored: dict[str, int] = {}  # client -> bytes stored today
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _route(scope) not in FEEDBACK_ROUTES:
+            return await self.app(scope, receive, send)
+        now = datetime.now(UTC)
+        if now.date() != self.day:
+            self.day, self.stored = now.date(), {}
+        client = _client(scope)
+        body = await _read_body(receive, math.inf)  # read whole by BodyLimit already
+        midnight = datetime.combine(self.day + timedelta(days=1), datetime.min.time(), UTC)
+        wait = (midnight - now).total_seconds()
+        used = self.stored.get(client, 0)
+        if used + len(body) > self.per_day:
+            detail = f"more than {self.per_day} bytes of feedback from this address today"
+            return await refuse(send, 429, f"{detail}; try again tomorrow (UTC)", wait)
+        if client not in self.stored and len(self.stored) >= self.MAX_CLIENTS:
+            return await refuse(send, 503, "too much feedback today; try again tomorrow", wait)
+        status = 0
+
+        async def noted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, _replay(body, receive), noted_send)
+        if status == 201:
+            self.stored[client] = self.stored.get(client, 0) + len(body)
 
 
 class AnswerQueue:

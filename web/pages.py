@@ -1,9 +1,10 @@
 """Web pages: the chat, rendered with Jinja2, working with and without JavaScript.
 
 The page asks its own routes under ``/chat/api`` (the same handlers and
-models as ``/api``), which need no API key: people without one use the chat.
-So that other sites cannot use them through their visitors' browsers, every
-post here must come from this site (`web.auth.same_origin`).
+models as ``/api``). Who may use them is ``RAG_CHAT`` (`web.auth.check_chat`):
+"public" needs the signed token the page embeds, "keys" an API key typed into
+the page, "off" serves no chat. Every post here must come from this site
+(`web.auth.same_origin`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from web.api import (
     store_feedback,
 )
 from web.app import WEB_DIR, Engine, EngineDep
-from web.auth import same_origin
+from web.auth import ChatKeyName, chat_on, check_chat, same_origin
 
 EXAMPLES = (
     "How much do AI engineers earn?",
@@ -44,7 +45,7 @@ EXAMPLES = (
 templates = Jinja2Templates(
     env=Environment(loader=FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
 )
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(chat_on)])
 chat_api = APIRouter(prefix="/chat/api", route_class=JSONErrorRoute)
 from_this_site = [Depends(same_origin)]
 
@@ -83,7 +84,10 @@ def _page(
 ) -> HTMLResponse:
     # The article picker lists the loaded index's articles (none while it loads).
     articles = engine.index.articles if engine.index is not None else ()
+    tokens = request.app.state.chat_tokens
     context = {
+        "chat_token": tokens.issue() if tokens is not None else None,
+        "ask_key": request.app.state.settings.chat == "keys",
         "examples": EXAMPLES,
         "history": [],
         "answer": None,
@@ -107,11 +111,14 @@ def chat_form(
     question: Annotated[str, Form()] = "",
     history: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies form defaults
     articles: Annotated[list[str], Form()] = [],  # noqa: B006
+    chat_token: Annotated[str, Form()] = "",
+    api_key: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     """The chat without JavaScript: the form posts here and gets the page back, answered."""
     history = [h for h in history if h.strip()][-MAX_HISTORY:]
-    kept = {"history": history, "chosen": articles}
+    kept = {"history": history, "chosen": articles, "api_key": api_key}
     try:
+        check_chat(request, chat_token, api_key)
         answer = ask(engine, AnswerRequest(question=question, history=history, articles=articles))
     except ValidationError as exc:
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in describe(exc.errors()))
@@ -119,22 +126,23 @@ def chat_form(
     except InputError as exc:
         return _page(request, engine, 400, error=str(exc), draft=question, **kept)
     except HTTPException as exc:
-        return _page(request, engine, exc.status_code, error=str(exc.detail), **kept)
+        error = str(exc.detail)
+        return _page(request, engine, exc.status_code, error=error, draft=question, **kept)
     return _page(request, engine, answer=answer, **kept)
 
 
 @chat_api.post("/answer", response_model=AnswerOut, dependencies=from_this_site)
-def chat_answer(request: AnswerRequest, engine: EngineDep) -> dict:
-    """`/api/answer` for the page: no API key, only from this site."""
+def chat_answer(request: AnswerRequest, engine: EngineDep, _: ChatKeyName) -> dict:
+    """`/api/answer` for the page: only from this site, with its token (or a key)."""
     return ask(engine, request).to_dict()
 
 
 @chat_api.post(
     "/feedback", status_code=201, response_model=FeedbackOut, dependencies=from_this_site
 )
-def chat_feedback(request: FeedbackRequest, engine: EngineDep) -> dict:
-    """`/api/feedback` for the page: no API key, only from this site."""
-    return {"id": store_feedback(engine, request, api_key=None)}
+def chat_feedback(request: FeedbackRequest, engine: EngineDep, api_key: ChatKeyName) -> dict:
+    """`/api/feedback` for the page: only from this site, with its token (or a key)."""
+    return {"id": store_feedback(engine, request, api_key=api_key)}
 
 
 router.include_router(chat_api)  # after its routes: including copies them

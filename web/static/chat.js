@@ -93,10 +93,18 @@
     return list;
   }
 
+  // What RAG_CHAT asks of the page's posts: its signed token, or the API key typed in.
+  function access() {
+    const token = document.querySelector('meta[name="chat-token"]');
+    const key = document.querySelector('#ask input[name="api_key"]');
+    if (key && key.value) return { Authorization: `Bearer ${key.value}` };
+    return token ? { "X-Chat-Token": token.content } : {};
+  }
+
   async function postJSON(url, payload) {
     const response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      headers: { "Content-Type": "application/json", Accept: "application/json", ...access() },
       body: JSON.stringify(payload),
     });
     const body = await response.json().catch(() => ({}));
