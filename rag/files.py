@@ -26,8 +26,10 @@ def write_atomically(path: Path, content: bytes, *, mode: int = 0o644) -> None:
             os.fsync(out.fileno())
         os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write does not say where
         raise
 
 

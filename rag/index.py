@@ -144,10 +144,13 @@ def build_lock(settings: Settings, waiting: Callable[[str], None] | None = None)
             if waiting is not None:
                 waiting(f"another build (process {holder}) is running; waiting for it to finish")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
+        try:  # who holds the lock, for the next one's message; only a courtesy
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+        except OSError:
+            pass
         held.add(path)
         try:
             yield
@@ -219,6 +222,7 @@ def _build(
     root.mkdir(parents=True, exist_ok=True)
     # The process id in the name lets a later prune tell a build in progress from a dead one's.
     build = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=root))
+    swapped = False
     try:
         say("writing the index")
         manifest = _write(
@@ -235,10 +239,14 @@ def _build(
         verify_files(build, manifest)
         with _signals_held():
             _swap_in(settings.index_dir, build)
+            swapped = True
             if on_swap is not None:
                 on_swap()
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+    except BaseException as exc:
+        if not swapped:
+            shutil.rmtree(build, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(build)  # numpy's writes do not say which file failed
         raise
     _prune(root, keep=build)
     return BuildSummary(
@@ -371,10 +379,8 @@ def _write(
         else ("hnsw" if len(vectors) >= settings.hnsw_from_vectors else "flat")
         for name, vectors in (("passages", passage_vectors), ("sentences", sentence_vectors))
     }
-    faiss.write_index(dense_index(passage_vectors, kinds["passages"]), str(build / "dense.faiss"))
-    faiss.write_index(
-        dense_index(sentence_vectors, kinds["sentences"]), str(build / "sentences.faiss")
-    )
+    _write_faiss(dense_index(passage_vectors, kinds["passages"]), build / "dense.faiss")
+    _write_faiss(dense_index(sentence_vectors, kinds["sentences"]), build / "sentences.faiss")
     np.save(build / "sentences.npy", sentence_vectors.astype(np.float16))
     np.save(build / "passage_vectors.npy", passage_vectors)
 
@@ -435,6 +441,15 @@ def _write(
         os.fsync(out.fileno())
     os.chmod(build, 0o755)
     return manifest
+
+
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """Write a FAISS index through Python's files: ``faiss.write_index`` only prints a failed
+    close (a full disk), leaving a short file and no error."""
+    with open(path, "wb") as out:
+        out.write(faiss.serialize_index(index).tobytes())
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _file_records(build: Path) -> dict[str, dict[str, int | str]]:
