@@ -279,7 +279,9 @@ def _read_corpus(
 ) -> tuple[list[Article], list[CorpusFile]]:
     """The articles of the corpus folder with ``changes`` applied, each file within the limits."""
     folder = settings.corpus_dir
-    if not folder.is_dir() and not changes:
+    if folder.exists() and not folder.is_dir():
+        raise CorpusError(f"corpus folder {folder} is not a folder")
+    if not folder.exists() and not changes:
         raise CorpusError(f"corpus folder {folder} does not exist; create it and add articles")
     names = set(changes)
     if folder.is_dir():
