@@ -1,4 +1,4 @@
-"""`python -m benchmarks [all|latency|http|index|scale]`: measure, print tables, write JSON."""
+"""`python -m benchmarks [all|latency|http|index|scale|soak]`: measure, print tables, write JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from benchmarks import common, indexing, latency, load, scale
+from benchmarks import common, indexing, latency, load, scale, soak
 
 TARGETS = {
     "8 clients": ">= 60 answers/s, p95 <= 150 ms, no errors",
@@ -17,14 +17,22 @@ TARGETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", *PARTS, "scale"])
+    parser.add_argument("what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak"])
     parser.add_argument("--workers", type=int, default=2, help="rag serve workers (default 2)")
     parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
     parser.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
     parser.add_argument("--rounds", type=int, default=5, help="in-process rounds over dev set")
     parser.add_argument("--profile", action="store_true", help="profile the in-process answers")
     parser.add_argument("--factors", default="1,10,100,1000", help="scale: passage multipliers")
+    parser.add_argument(
+        "--soak-seconds", type=int, default=180, help="soak: how long to run (default 180)"
+    )
+    parser.add_argument("--short", action="store_true", help="soak: a 45-second run")
     args = parser.parse_args()
+
+    if args.what == "soak":
+        soak.run(45 if args.short else args.soak_seconds)
+        return
 
     if args.what == "scale":
         scale.run(tuple(int(f) for f in args.factors.split(",")))

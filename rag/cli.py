@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from functools import wraps
 from pathlib import Path
@@ -15,18 +16,39 @@ from rag.settings import Settings
 
 
 def _fail_cleanly(command: Any) -> Any:
-    """Turn the product's errors into one line on stderr and exit code 1."""
+    """Turn the product's errors, and the file system's, into one line on stderr and exit 1.
+
+    SIGTERM is treated like Ctrl-C, so an interrupted build cleans up after itself.
+    """
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rag.files import storage_error
+
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return command(*args, **kwargs)
         except RagError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(str(storage_error(exc, "stopped"))) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; nothing was changed") from None
+            raise click.ClickException(
+                "interrupted; the index in use and the corpus folder were left as they were"
+            ) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _note(message: str) -> None:
+    """Progress of a build, on stderr so that stdout keeps only the result."""
+    click.echo(message, err=True)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -69,13 +91,18 @@ def index_command(
     corpus_dir: Path | None, index_dir: Path | None, quiet: bool, if_needed: bool
 ) -> None:
     """Rebuild the index from the corpus folder (unchanged passages reuse cached embeddings)."""
-    from rag.index import build_index, index_is_current
+    from rag.corpus import finish_interrupted
+    from rag.index import build_index, build_lock, index_is_current
 
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
-    if if_needed and index_is_current(settings):
-        click.echo(f"the index at {settings.index_dir} is up to date with {settings.corpus_dir}")
-        return
-    summary = build_index(settings, progress=not quiet)
+    with build_lock(settings, waiting=_note):
+        finish_interrupted(settings)
+        if if_needed and index_is_current(settings):
+            click.echo(
+                f"the index at {settings.index_dir} is up to date with {settings.corpus_dir}"
+            )
+            return
+        summary = build_index(settings, progress=not quiet, report=None if quiet else _note)
     click.echo(
         f"indexed {summary.articles} articles, {summary.sections} sections, "
         f"{summary.passages} passages ({summary.embedded} texts embedded) "
@@ -341,14 +368,8 @@ def _data_option(command: Any) -> Any:
     )(command)
 
 
-def _echo_rebuilt(settings: Settings, change: Any) -> None:
-    """Rebuild after a corpus change (undone if the build fails) and print the summary."""
-    from rag.corpus import rebuild_or_undo
-
-    try:
-        summary = rebuild_or_undo(settings, change)
-    except RagError as exc:
-        raise RagError(f"{exc}; the corpus was restored, nothing changed") from None
+def _echo_rebuilt(settings: Settings, change: Any, summary: Any) -> None:
+    """Print what a corpus change did and the rebuilt index's summary."""
     for article in change.removed:
         click.echo(f"removed {article.title!r} ({article.slug}, from {article.source})")
     for article in change.added:
@@ -360,6 +381,14 @@ def _echo_rebuilt(settings: Settings, change: Any) -> None:
     )
 
 
+def _unchanged(exc: RagError) -> RagError:
+    from rag.errors import StorageError
+
+    if isinstance(exc, StorageError) or "nothing" in str(exc):
+        return exc  # it already says what it left behind
+    return RagError(f"{exc}; nothing changed")
+
+
 @cli.command("add")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_index_options
@@ -368,12 +397,17 @@ def add_command(paths: tuple[Path, ...], corpus_dir: Path | None, index_dir: Pat
     """Add feeds, HTML pages or Markdown files to the corpus and rebuild the index.
 
     A file that does not read, or brings an article already in the corpus,
-    changes nothing; nor does a failed rebuild.
+    changes nothing; nor does a failed or interrupted rebuild: the files join
+    the corpus folder only once the new index is in place.
     """
-    from rag.corpus import add_to_corpus
+    from rag.corpus import add_articles
 
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
-    _echo_rebuilt(settings, add_to_corpus(settings, list(paths)))
+    try:
+        change, summary = add_articles(settings, list(paths), report=_note)
+    except RagError as exc:
+        raise _unchanged(exc) from None
+    _echo_rebuilt(settings, change, summary)
 
 
 @cli.command("remove")
@@ -382,10 +416,14 @@ def add_command(paths: tuple[Path, ...], corpus_dir: Path | None, index_dir: Pat
 @_fail_cleanly
 def remove_command(article: str, corpus_dir: Path | None, index_dir: Path | None) -> None:
     """Remove ARTICLE (its URL or slug, see `rag list`) from the corpus and rebuild the index."""
-    from rag.corpus import remove_from_corpus
+    from rag.corpus import remove_article
 
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
-    _echo_rebuilt(settings, remove_from_corpus(settings, article))
+    try:
+        change, summary = remove_article(settings, article, report=_note)
+    except RagError as exc:
+        raise _unchanged(exc) from None
+    _echo_rebuilt(settings, change, summary)
 
 
 @cli.command("list")

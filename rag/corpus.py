@@ -1,26 +1,40 @@
-"""Corpus management: add and remove articles in the corpus folder, list the indexed ones."""
+"""Corpus management: add and remove articles in the corpus folder, list the indexed ones.
+
+A change is staged beside the corpus and moved in only once the index built
+with it has been swapped in, all under the build lock: a failed, interrupted
+or killed `rag add` leaves the corpus folder as it was, and one killed between
+the swap and the move is finished by the next build (`finish_interrupted`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lxml.etree as etree
 
 from rag.embedding import Embedder
-from rag.errors import CorpusError, IndexMismatchError
-from rag.files import write_atomically
-from rag.index import ArticleInfo, BuildSummary, build_index, read_manifest
-from rag.ingest import (
-    CORPUS_SUFFIXES,
-    FEED_SUFFIXES,
-    Article,
-    check_not_linked,
-    read_articles,
+from rag.errors import CorpusError, IndexMismatchError, RagError
+from rag.files import storage_error, write_atomically
+from rag.index import (
+    ArticleInfo,
+    BuildSummary,
+    build_index,
+    build_lock,
+    read_file_within_limits,
+    read_manifest,
 )
+from rag.ingest import CORPUS_SUFFIXES, FEED_SUFFIXES, Article, check_not_linked, read_articles
 from rag.settings import Settings
+
+STAGING_PREFIX = ".staging-"  # a folder the corpus reader ignores (no article suffix)
+_PLAN = "plan.json"
 
 _KINDS = "a feed (.xml, .rss, .atom), an HTML page (.html, .htm) or a Markdown file (.md)"
 _ATOM = "{http://www.w3.org/2005/Atom}entry"
@@ -28,27 +42,46 @@ _ATOM = "{http://www.w3.org/2005/Atom}entry"
 
 @dataclass(frozen=True)
 class CorpusChange:
-    """What an add or a remove did to the corpus folder, and the means to undo it."""
+    """What an add or a remove will do to the corpus folder, not yet done."""
 
     added: tuple[Article, ...]
     removed: tuple[Article, ...]
-    # Each file written or deleted, with its bytes before (None: it did not exist).
-    previous: tuple[tuple[Path, bytes | None], ...]
+    # Each corpus file to write, by name, with its new bytes (None: to delete).
+    contents: tuple[tuple[str, bytes | None], ...]
 
-    def undo(self) -> None:
-        """Put every touched file back as it was."""
-        for path, content in reversed(self.previous):
-            if content is None:
-                path.unlink(missing_ok=True)
-            else:
-                write_atomically(path, content)
+
+def add_articles(
+    settings: Settings,
+    paths: Sequence[Path],
+    embedder: Embedder | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
+) -> tuple[CorpusChange, BuildSummary]:
+    """Add article files to the corpus and rebuild the index, or change nothing."""
+    with build_lock(settings, waiting=report):
+        change = add_to_corpus(settings, paths)
+        return change, apply_change(settings, change, embedder, report=report)
+
+
+def remove_article(
+    settings: Settings,
+    reference: str,
+    embedder: Embedder | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
+) -> tuple[CorpusChange, BuildSummary]:
+    """Take an article out of the corpus and rebuild the index, or change nothing."""
+    with build_lock(settings, waiting=report):
+        change = remove_from_corpus(settings, reference)
+        return change, apply_change(settings, change, embedder, report=report)
 
 
 def add_to_corpus(settings: Settings, paths: Sequence[Path]) -> CorpusChange:
-    """Copy article files into the corpus folder, after checking that each one reads.
+    """The change that copies article files into the corpus folder, after checking each one.
 
-    Nothing is copied unless every file parses and none brings an article whose
-    URL another corpus file already has; a file of the same name is replaced.
+    Every file must parse, stay within the size limits and bring no article
+    whose URL another corpus file already has; a file of the same name is
+    replaced. Nothing is written: `apply_change` does that.
     """
     if not paths:
         raise CorpusError("no files to add")
@@ -62,8 +95,17 @@ def add_to_corpus(settings: Settings, paths: Sequence[Path]) -> CorpusChange:
             raise CorpusError(f"two files are named {path.name}; nothing was added")
         try:
             check_not_linked(path)
+            if (size := path.stat().st_size) > settings.max_file_bytes:
+                raise CorpusError(
+                    f"{path}: is {size:,} bytes, over the limit of {settings.max_file_bytes:,} "
+                    "(RAG_MAX_FILE_BYTES); split it into smaller files"
+                )
             raw = _read_bytes(path)
-            incoming[path.name] = (raw, read_articles(path, raw))
+            incoming[path.name] = (raw, read_file_within_limits(settings, path, raw))
+        except OSError as exc:
+            raise CorpusError(
+                f"{path}: cannot be read ({exc.strerror}); nothing was added"
+            ) from None
         except CorpusError as exc:
             raise CorpusError(f"{exc}; nothing was added") from None
 
@@ -79,24 +121,19 @@ def add_to_corpus(settings: Settings, paths: Sequence[Path]) -> CorpusChange:
                 )
             owners[article.url] = name
 
-    settings.corpus_dir.mkdir(parents=True, exist_ok=True)
-    change = CorpusChange(
+    return CorpusChange(
         added=tuple(a for _, articles in incoming.values() for a in articles),
         removed=tuple(a for name in incoming for a in present.get(name, [])),
-        previous=tuple(
-            (target, _read_bytes(target) if target.exists() else None)
-            for target in (settings.corpus_dir / name for name in incoming)
-        ),
+        contents=tuple((name, raw) for name, (raw, _) in incoming.items()),
     )
-    _apply(change, {settings.corpus_dir / name: raw for name, (raw, _) in incoming.items()})
-    return change
 
 
 def remove_from_corpus(settings: Settings, reference: str) -> CorpusChange:
-    """Take the article with this URL or slug out of the corpus folder.
+    """The change that takes the article with this URL or slug out of the corpus folder.
 
     A file holding only that article is deleted; a feed holding others is
-    rewritten without the article's ``<item>`` or ``<entry>``.
+    rewritten without the article's ``<item>`` or ``<entry>``. Nothing is
+    written: `apply_change` does that.
     """
     reference = reference.strip()
     present = _corpus_articles(settings.corpus_dir)
@@ -123,23 +160,102 @@ def remove_from_corpus(settings: Settings, reference: str) -> CorpusChange:
     path = settings.corpus_dir / name
     raw = _read_bytes(path)
     kept = [a for a in present[name] if a.url != article.url]
-    change = CorpusChange((), (article,), ((path, raw),))
-    _apply(change, {path: _feed_without(path, raw, present[name], kept) if kept else None})
-    return change
+    content = _feed_without(path, raw, present[name], kept) if kept else None
+    return CorpusChange((), (article,), ((name, content),))
 
 
-def rebuild_or_undo(
-    settings: Settings, change: CorpusChange, embedder: Embedder | None = None
+def apply_change(
+    settings: Settings,
+    change: CorpusChange,
+    embedder: Embedder | None = None,
+    *,
+    report: Callable[[str], None] | None = None,
 ) -> BuildSummary:
-    """Rebuild the index after a corpus change; if the build fails, undo the change.
+    """Rebuild the index with the change and, once it is swapped in, make the corpus match.
 
+    The new files wait in a staging folder inside the corpus folder until the
+    swap; if the build fails or is interrupted the corpus folder is untouched.
     Only new or changed passages are embedded: the rest come from the cache.
     """
+    with build_lock(settings, waiting=report):
+        finish_interrupted(settings)
+        try:
+            staging = _stage(settings, change)
+        except OSError as exc:
+            raise storage_error(exc, "nothing was changed") from None
+        try:
+            return build_index(
+                settings,
+                embedder,
+                progress=report is not None,
+                changes=dict(change.contents),
+                on_swap=lambda: _move_in(settings.corpus_dir, staging),
+                report=report,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def finish_interrupted(settings: Settings) -> None:
+    """Finish or drop the changes of runs that died; call it holding `build_lock`.
+
+    A staged change whose files the index in use already holds (the run died
+    between the swap and the move) is moved in; any other is discarded.
+    """
+    folder = settings.corpus_dir
     try:
-        return build_index(settings, embedder, progress=False)
+        leftovers = [p for p in folder.glob(STAGING_PREFIX + "*") if p.is_dir()]
+    except OSError:
+        return
+    if not leftovers:
+        return
+    try:
+        files = read_manifest(settings.index_dir)["corpus_files"]
+        indexed = {f["name"]: f["sha256"] for f in files}
+    except (RagError, KeyError, TypeError):
+        indexed = {}
+    for staging in leftovers:
+        try:
+            plan = json.loads((staging / _PLAN).read_text())
+            if all(indexed.get(name) == digest for name, digest in plan.items()):
+                _move_in(folder, staging)
+        except (OSError, ValueError, AttributeError):
+            pass  # an unfinished staging: the change never reached the index
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(settings: Settings, change: CorpusChange) -> Path:
+    """Write the change's files into a fresh staging folder, its plan last."""
+    settings.corpus_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=settings.corpus_dir)
+    )
+    try:
+        plan: dict[str, str | None] = {}
+        for name, content in change.contents:
+            if content is not None:
+                write_atomically(staging / name, content)
+            plan[name] = hashlib.sha256(content).hexdigest() if content is not None else None
+        write_atomically(staging / _PLAN, json.dumps(plan).encode())
     except BaseException:
-        change.undo()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
+    return staging
+
+
+def _move_in(folder: Path, staging: Path) -> None:
+    """Rename each staged file into the corpus folder and delete the removed ones."""
+    plan = json.loads((staging / _PLAN).read_text())
+    try:
+        for name, digest in plan.items():
+            if digest is None:
+                (folder / name).unlink(missing_ok=True)
+            elif (staging / name).exists():
+                os.replace(staging / name, folder / name)
+    except OSError as exc:
+        raise storage_error(
+            exc, "the index was rebuilt but the corpus folder not updated; run `rag index`"
+        ) from None
 
 
 def list_articles(settings: Settings) -> list[ArticleInfo]:
@@ -192,19 +308,6 @@ def _feed_without(path: Path, raw: bytes, articles: list[Article], kept: list[Ar
     if [a.url for a in read_articles(path, rewritten)] != [a.url for a in kept]:
         raise CorpusError(f"{path}: rewriting the feed went wrong; edit it by hand")
     return rewritten
-
-
-def _apply(change: CorpusChange, contents: dict[Path, bytes | None]) -> None:
-    """Write (or, for None, delete) each file; on failure put back what was done."""
-    try:
-        for path, content in contents.items():
-            if content is None:
-                path.unlink()
-            else:
-                write_atomically(path, content)
-    except OSError as exc:
-        change.undo()
-        raise CorpusError(f"cannot change {path} ({exc.strerror}); nothing was changed") from None
 
 
 def _read_bytes(path: Path) -> bytes:

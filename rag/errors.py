@@ -25,3 +25,7 @@ class IndexMismatchError(RagError):
 
 class InputError(RagError):
     """A question or request field is not acceptable."""
+
+
+class StorageError(RagError):
+    """A file or folder could not be read or written: no space, read-only, no permission."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from rag.errors import InputError, RagError
+from rag.files import private_file, private_folder
 from rag.settings import Settings
 
 MAX_QUESTION_CHARS = 1000  # the longest question `answer_question` accepts
@@ -362,7 +363,7 @@ def _connection(settings: Settings) -> sqlite3.Connection:
     path = settings.feedback_db
     opened = _open.by_path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent)
         if path in opened:
             db, identity = opened[path]
             if identity is not None and _identity(path) == identity:
@@ -371,6 +372,7 @@ def _connection(settings: Settings) -> sqlite3.Connection:
             db.close()
         # isolation_level=None: transactions are begun explicitly, so BEGIN IMMEDIATE
         # takes the write lock up front and a busy database is waited for, not failed.
+        private_file(path)  # SQLite gives its -wal and -shm files the same mode
         db = sqlite3.connect(
             path,
             timeout=settings.feedback_busy_timeout_seconds,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,17 +24,33 @@ import numpy as np
 
 from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
-from rag.errors import IndexMismatchError, IndexMissingError, RagError
-from rag.ingest import Article, CorpusFile, Shape, corpus_files, load_corpus
+from rag.errors import CorpusError, IndexMismatchError, IndexMissingError, RagError
+from rag.files import storage_error
+from rag.ingest import CORPUS_SUFFIXES, Article, CorpusFile, Shape, corpus_files, read_articles
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
-# 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm"; 4: table rows and
-# list items are whole units with their shapes (cells, introduction)
+# 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
+# 4: the manifest records every file's size and SHA-256; table rows and list items are
+# whole units with their shapes (cells, introduction)
 FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
+LOCK_FILE = "build.lock"
 _KEEP_BUILDS = 3
+# Every index file a build writes (folders: at least one file inside), all recorded in the manifest.
+_INDEX_FILES = (
+    "dense.faiss",
+    "sentences.faiss",
+    "sentences.npy",
+    "passage_vectors.npy",
+    "bm25/",
+    "bm25_sentences/",
+    "passages.jsonl",
+    "articles.json",
+    "embedding_cache.npz",
+)
+_COUNTS = ("articles", "sections", "passages", "sentences")
 
 
 @dataclass(frozen=True)
@@ -91,24 +113,103 @@ def builds_dir(index_dir: Path) -> Path:
     return index_dir.with_name(index_dir.name + BUILDS_SUFFIX)
 
 
+_held = threading.local()  # the lock files this thread holds, so the lock is re-entrant
+
+
+@contextmanager
+def build_lock(settings: Settings, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the one lock over building, swapping and pruning the index (and changing the corpus).
+
+    A second build waits its turn (``waiting`` is told once, with the holder's
+    process id) instead of racing the first; the kernel drops the lock of a
+    process that dies, so a killed build never blocks the next one. Re-entrant
+    within a thread.
+    """
+    root = builds_dir(settings.index_dir)
+    path = (root / LOCK_FILE).absolute()
+    held: set[Path] = _held.__dict__.setdefault("paths", set())
+    if path in held:
+        yield
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")  # noqa: SIM115 - held open for the whole block below
+    except OSError as exc:
+        raise storage_error(exc, "nothing was changed") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            if waiting is not None:
+                waiting(f"another build (process {holder}) is running; waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:  # who holds the lock, for the next one's message; only a courtesy
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+        except OSError:
+            pass
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_index(
-    settings: Settings, embedder: Embedder | None = None, *, progress: bool = False
+    settings: Settings,
+    embedder: Embedder | None = None,
+    *,
+    progress: bool = False,
+    changes: Mapping[str, bytes | None] | None = None,
+    on_swap: Callable[[], None] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> BuildSummary:
     """Read the corpus, embed it and swap the new index in atomically.
 
-    The build is written to a fresh folder under ``<index>.builds/``; only when
-    every file is on disk does the ``index`` symlink move to it (``os.replace``
-    of a link is atomic), so a failed or interrupted build never touches the
-    index in use.
+    The build is written to a fresh folder under ``<index>.builds/``, checked
+    against its manifest (every file there, at its recorded size and SHA-256),
+    and only then does the ``index`` symlink move to it (``os.replace`` of a
+    link is atomic), so a failed or interrupted build never touches the index
+    in use. The whole build holds `build_lock`.
+
+    ``changes`` builds the corpus as it will be: file name to new bytes (None:
+    the file is gone); ``on_swap`` runs right after the swap, with SIGTERM and
+    SIGINT held off, to make the corpus folder match.
     """
+    with build_lock(settings, waiting=report):
+        try:
+            return _build(settings, embedder, progress, changes or {}, on_swap, report)
+        except OSError as exc:
+            raise storage_error(exc, "the index in use was not changed") from None
+
+
+def _build(
+    settings: Settings,
+    embedder: Embedder | None,
+    progress: bool,
+    changes: Mapping[str, bytes | None],
+    on_swap: Callable[[], None] | None,
+    report: Callable[[str], None] | None,
+) -> BuildSummary:
+    say = report or (lambda message: None)
     started = time.perf_counter()
-    articles, files = load_corpus(settings.corpus_dir)
+    articles, files = _read_corpus(settings, changes)
     passages = chunk_articles(articles, settings)
+    _check_passages(settings, articles, passages)
     sentences = [s for p in passages for s in p.sentence_texts()]
     texts = [p.indexed_text for p in passages] + sentences
     keys = [text_key(settings.model, t) for t in texts]
     cache = _load_cache(settings.index_dir)
     missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cache}
+    say(
+        f"read {len(files)} files: {len(articles)} articles, {len(passages)} passages; "
+        f"{len(missing)} of {len(texts)} texts to embed"
+    )
     if missing:  # the model is loaded only when something is new: warm rebuilds skip it
         embedder = embedder or Embedder(settings.model)
         fresh = embedder.encode(list(missing.values()), progress=progress)
@@ -120,9 +221,12 @@ def build_index(
 
     root = builds_dir(settings.index_dir)
     root.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    # The process id in the name lets a later prune tell a build in progress from a dead one's.
+    build = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=root))
+    swapped = False
     try:
-        _write(
+        say("writing the index")
+        manifest = _write(
             build,
             settings,
             int(vectors.shape[1]),
@@ -133,9 +237,17 @@ def build_index(
             sentence_vectors,
             cache,
         )
-        _swap_in(settings.index_dir, build)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+        verify_files(build, manifest)
+        with _signals_held():
+            _swap_in(settings.index_dir, build)
+            swapped = True
+            if on_swap is not None:
+                on_swap()
+    except BaseException as exc:
+        if not swapped:
+            shutil.rmtree(build, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(build)  # numpy's writes do not say which file failed
         raise
     _prune(root, keep=build)
     return BuildSummary(
@@ -147,6 +259,95 @@ def build_index(
         seconds=time.perf_counter() - started,
         path=build,
     )
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait until the block ends: the swap and what goes with it are one step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _read_corpus(
+    settings: Settings, changes: Mapping[str, bytes | None]
+) -> tuple[list[Article], list[CorpusFile]]:
+    """The articles of the corpus folder with ``changes`` applied, each file within the limits."""
+    folder = settings.corpus_dir
+    if folder.exists() and not folder.is_dir():
+        raise CorpusError(f"corpus folder {folder} is not a folder")
+    if not folder.exists() and not changes:
+        raise CorpusError(f"corpus folder {folder} does not exist; create it and add articles")
+    names = set(changes)
+    if folder.is_dir():
+        try:
+            names.update(p.name for p in folder.iterdir() if p.suffix.lower() in CORPUS_SUFFIXES)
+        except OSError as exc:
+            raise CorpusError(f"cannot read corpus folder {folder} ({exc.strerror})") from None
+    articles: list[Article] = []
+    files: list[CorpusFile] = []
+    for name in sorted(names):
+        path = folder / name
+        raw = changes[name] if name in changes else _read_within_limit(settings, path)
+        if raw is None:
+            continue
+        file_articles = read_file_within_limits(settings, path, raw)
+        files.append(CorpusFile.of(path, raw))
+        articles.extend(file_articles)
+    if not files:
+        raise CorpusError(f"no articles in {folder}: add .xml/.rss feeds, .html pages or .md files")
+    return articles, files
+
+
+def _read_within_limit(settings: Settings, path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > settings.max_file_bytes:
+            raise CorpusError(_too_big(settings, path, size))
+        return path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _too_big(settings: Settings, path: Path, size: int) -> str:
+    return (
+        f"{path}: is {size:,} bytes, over the limit of {settings.max_file_bytes:,} "
+        "(RAG_MAX_FILE_BYTES); split it into smaller files"
+    )
+
+
+def read_file_within_limits(settings: Settings, path: Path, raw: bytes) -> list[Article]:
+    """The articles of one corpus file, refused with a clear message past the size limits."""
+    if len(raw) > settings.max_file_bytes:
+        raise CorpusError(_too_big(settings, path, len(raw)))
+    articles = read_articles(path, raw)
+    sections = sum(len(a.sections) for a in articles)
+    if sections > settings.max_sections_per_file:
+        raise CorpusError(
+            f"{path}: has {sections:,} sections, over the limit of "
+            f"{settings.max_sections_per_file:,} (RAG_MAX_SECTIONS_PER_FILE); split it"
+        )
+    return articles
+
+
+def _check_passages(settings: Settings, articles: list[Article], passages: list[Passage]) -> None:
+    source = {a.url: a.source for a in articles}
+    per_file: dict[str, int] = {}
+    for passage in passages:
+        name = source[passage.article_url]
+        per_file[name] = per_file.get(name, 0) + 1
+    for name, count in per_file.items():
+        if count > settings.max_passages_per_file:
+            raise CorpusError(
+                f"{name}: makes {count:,} passages, over the limit of "
+                f"{settings.max_passages_per_file:,} (RAG_MAX_PASSAGES_PER_FILE); split it"
+            )
 
 
 def dense_index(vectors: np.ndarray, kind: str) -> faiss.Index:
@@ -172,7 +373,7 @@ def _write(
     passage_vectors: np.ndarray,
     sentence_vectors: np.ndarray,
     cache: dict[str, np.ndarray],
-) -> None:
+) -> dict:
     # Each index picks its kind by its own size: there are ~6 sentences a passage, so the
     # sentence index needs HNSW long before the passage index does.
     kinds = {
@@ -181,10 +382,8 @@ def _write(
         else ("hnsw" if len(vectors) >= settings.hnsw_from_vectors else "flat")
         for name, vectors in (("passages", passage_vectors), ("sentences", sentence_vectors))
     }
-    faiss.write_index(dense_index(passage_vectors, kinds["passages"]), str(build / "dense.faiss"))
-    faiss.write_index(
-        dense_index(sentence_vectors, kinds["sentences"]), str(build / "sentences.faiss")
-    )
+    _write_faiss(dense_index(passage_vectors, kinds["passages"]), build / "dense.faiss")
+    _write_faiss(dense_index(sentence_vectors, kinds["sentences"]), build / "sentences.faiss")
     np.save(build / "sentences.npy", sentence_vectors.astype(np.float16))
     np.save(build / "passage_vectors.npy", passage_vectors)
 
@@ -236,10 +435,69 @@ def _write(
             "sentences": len(sentence_vectors),
         },
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": _file_records(build),
     }
     # The manifest is written last: a folder without one is never a usable index.
-    (build / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    with open(build / MANIFEST, "w") as out:
+        out.write(json.dumps(manifest, indent=1))
+        out.flush()
+        os.fsync(out.fileno())
     os.chmod(build, 0o755)
+    return manifest
+
+
+def _write_faiss(index: faiss.Index, path: Path) -> None:
+    """Write a FAISS index through Python's files: ``faiss.write_index`` only prints a failed
+    close (a full disk), leaving a short file and no error."""
+    with open(path, "wb") as out:
+        out.write(faiss.serialize_index(index).tobytes())
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _file_records(build: Path) -> dict[str, dict[str, int | str]]:
+    """Every file of a build (but the manifest) with its size and SHA-256, by relative path."""
+    return {
+        path.relative_to(build).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(build.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stored:
+        while block := stored.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(build: Path, manifest: dict, *, skip: tuple[str, ...] = ()) -> None:
+    """Check that every file the manifest names is there at its recorded size and SHA-256.
+
+    Sizes are checked before anything is read, so a truncated or crafted file is
+    refused before FAISS or numpy allocate for it.
+    """
+    records = manifest["files"]
+    for name, record in records.items():
+        path = build / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IndexMismatchError(
+                f"the index lacks {name}; run `rag index` to rebuild"
+            ) from None
+        if size != record["bytes"]:
+            raise IndexMismatchError(
+                f"the index file {name} is {size} bytes, its manifest says {record['bytes']}; "
+                "run `rag index` to rebuild"
+            )
+    for name, record in records.items():
+        if name not in skip and _sha256(build / name) != record["sha256"]:
+            raise IndexMismatchError(
+                f"the index file {name} does not match its manifest's SHA-256; "
+                "run `rag index` to rebuild"
+            )
 
 
 def _swap_in(index_dir: Path, build: Path) -> None:
@@ -256,14 +514,33 @@ def _swap_in(index_dir: Path, build: Path) -> None:
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Remove old builds (a running server has its index in memory) and leftovers of failed ones."""
+    """Remove old builds (a running server has its index in memory) and leftovers of dead ones.
+
+    Runs under `build_lock`. A build without a manifest is removed only when the
+    process named in its folder is gone: a live one may still be writing it.
+    """
     builds = sorted(
         (p for p in root.glob("build-*") if p.is_dir()), key=lambda p: p.stat().st_mtime
     )
     complete = [p for p in builds if (p / MANIFEST).exists()]
-    for old in [p for p in builds if p not in complete] + complete[:-_KEEP_BUILDS]:
+    unfinished = [p for p in builds if p not in complete and not _writer_alive(p)]
+    for old in unfinished + complete[:-_KEEP_BUILDS]:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _writer_alive(build: Path) -> bool:
+    """Whether the process that named this build folder (``build-<pid>-…``) still runs."""
+    pid = build.name.split("-")[1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False  # this process holds the lock, so an unfinished build of its own is dead
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _load_cache(index_dir: Path) -> dict[str, np.ndarray]:
@@ -280,6 +557,7 @@ def index_is_current(settings: Settings) -> bool:
     folder as it is now (same files, same SHA-256): rebuilding it would change nothing."""
     try:
         manifest = read_manifest(settings.index_dir)
+        verify_files(settings.index_dir, manifest)
         files = [CorpusFile.of(p, p.read_bytes()) for p in corpus_files(settings.corpus_dir)]
     except (RagError, OSError):
         return False
@@ -300,13 +578,20 @@ def _chunking(settings: Settings) -> dict[str, int]:
 
 
 def read_manifest(index_dir: Path) -> dict:
-    """The manifest of the index at ``index_dir``; raises when missing or unreadable."""
+    """The manifest of the index at ``index_dir``; raises when missing, unreadable or incomplete."""
     path = index_dir / MANIFEST
-    if not path.exists():
-        raise IndexMissingError(f"no index at {index_dir}; run `rag index` to build it")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
+        raise IndexMissingError(f"no index at {index_dir}; run `rag index` to build it") from None
+    except OSError as exc:
+        raise IndexMismatchError(
+            f"the index manifest {path} cannot be read ({exc.strerror}); "
+            "check the folder's permissions or run `rag index`"
+        ) from None
+    try:
+        manifest = json.loads(text)
+    except ValueError:
         raise IndexMismatchError(
             f"the index manifest {path} is unreadable; run `rag index` to rebuild"
         ) from None
@@ -316,11 +601,32 @@ def read_manifest(index_dir: Path) -> dict:
             f"{manifest.get('format_version') if isinstance(manifest, dict) else '?'}, "
             f"this version reads {FORMAT_VERSION}; run `rag index` to rebuild"
         )
-    if not isinstance(manifest.get("counts"), dict) or not isinstance(manifest.get("model"), str):
+    if not _well_formed(manifest):
         raise IndexMismatchError(
-            f"the index manifest {path} lacks its counts or model; run `rag index` to rebuild"
+            f"the index manifest {path} lacks its counts, model, build time or file list; "
+            "run `rag index` to rebuild"
         )
     return manifest
+
+
+def _well_formed(manifest: dict) -> bool:
+    counts, files = manifest.get("counts"), manifest.get("files")
+    return (
+        isinstance(counts, dict)
+        and all(type(counts.get(name)) is int and counts[name] >= 0 for name in _COUNTS)
+        and isinstance(manifest.get("model"), str)
+        and isinstance(manifest.get("built_at"), str)
+        and type(manifest.get("dimension")) is int
+        and isinstance(files, dict)
+        and all(
+            isinstance(r, dict) and type(r.get("bytes")) is int and isinstance(r.get("sha256"), str)
+            for r in files.values()
+        )
+        and all(
+            any(name == wanted or name.startswith(wanted) for name in files)
+            for wanted in _INDEX_FILES
+        )
+    )
 
 
 def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
@@ -337,6 +643,13 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index holds {manifest.get('dimension')}-dimensional vectors but the model gives "
             f"{embedder.dimension}; run `rag index` to rebuild"
         )
+    try:  # the embedding cache is only read by the next build, which tolerates a bad one
+        verify_files(path, manifest, skip=("embedding_cache.npz",))
+    except OSError as exc:
+        raise IndexMismatchError(
+            f"the index at {path} cannot be read ({exc.strerror}); "
+            "check the folder's permissions or run `rag index`"
+        ) from None
     try:
         dense = faiss.read_index(str(path / "dense.faiss"))
         passage_vectors = np.load(path / "passage_vectors.npy")
@@ -370,6 +683,10 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         or len(sentence_vectors) != starts[-1]
         or sentence_dense.ntotal != starts[-1]
         or passage_vectors.shape != (len(passages), dense.d)
+        or counts.get("articles") != len(articles)
+        or counts.get("sentences") != starts[-1]
+        or not articles
+        or sum(a.passages for a in articles) != len(passages)
     ):
         raise IndexMismatchError(
             f"the index at {path} is inconsistent (its files disagree on sizes); "

@@ -413,6 +413,7 @@ class _SectionBuilder:
         self.shapes: dict[int, Shape] = {}  # line number -> shape, for rows and list items
         self.sections: list[Section] = []
         self.anchors: set[str] = set()
+        self.next_suffix: dict[str, int] = {}  # per anchor base, the first suffix not yet tried
 
     def walk(self, element: lxml.html.HtmlElement) -> None:
         """Read an element's children; text between them is a line of its own.
@@ -472,9 +473,16 @@ class _SectionBuilder:
         self.stack.append((level, heading))
         self.heading = heading
         base = (anchor or "").strip() or slugify(heading)
-        unique, n = base, 2
-        while unique in self.anchors:
-            unique, n = f"{base}-{n}", n + 1
+        # Suffixes already tried for this base stay taken, so each search starts where the
+        # last one ended: n identical headings cost n steps, not n² (same anchors as before).
+        unique, n = base, self.next_suffix.get(base, 2)
+        if unique in self.anchors:
+            unique = f"{base}-{n}"
+            while unique in self.anchors:
+                n += 1
+                unique = f"{base}-{n}"
+            n += 1
+        self.next_suffix[base] = n
         self.anchors.add(unique)
         self.anchor = unique
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rag.errors import InputError, RagError
-from rag.files import write_atomically
+from rag.errors import InputError, RagError, StorageError
+from rag.files import private_folder, storage_error, write_atomically
 from rag.settings import Settings
 
 KEYS_FILE = "keys.json"
@@ -137,12 +137,23 @@ def _locked(settings: Settings) -> Iterator[list[dict[str, str]]]:
     A lock file serialises operators running `rag keys` at the same time.
     """
     path = keys_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(KEYS_FILE + ".lock"), "w") as lock:
+    try:
+        private_folder(path.parent)
+        lock = open(path.with_name(KEYS_FILE + ".lock"), "w")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _storage(exc) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         entries = _read(path)
         yield entries
-        _write(path, {"format_version": _FORMAT_VERSION, "keys": entries})
+        try:
+            _write(path, {"format_version": _FORMAT_VERSION, "keys": entries})
+        except OSError as exc:
+            raise _storage(exc) from None
+
+
+def _storage(exc: OSError) -> StorageError:
+    return storage_error(exc, "no key was changed")
 
 
 def _write(path: Path, content: dict) -> None:

@@ -39,6 +39,10 @@ class Settings:
     index_kind: str = "auto"
     hnsw_from_vectors: int = 20_000
     top_k: int = 5
+    # Limits on one corpus file, checked before it is read whole, parsed or embedded.
+    max_file_bytes: int = 20_000_000
+    max_sections_per_file: int = 5_000
+    max_passages_per_file: int = 20_000
     # Web limits.
     max_body_bytes: int = 65_536
     max_concurrency: int = 8
@@ -91,6 +95,10 @@ class Settings:
             )
         if not 1 <= self.top_k <= 20:
             raise SettingsError(f"top_k must be between 1 and 20 (got {self.top_k})")
+        if min(self.max_file_bytes, self.max_sections_per_file, self.max_passages_per_file) < 1:
+            raise SettingsError(
+                "max_file_bytes, max_sections_per_file and max_passages_per_file must be at least 1"
+            )
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise SettingsError("max_concurrency must be at least 1 and max_queue at least 0")
         if self.max_body_bytes < 1024:

@@ -9,7 +9,13 @@ from click.testing import CliRunner
 
 from rag.chunking import chunk_articles
 from rag.cli import cli
-from rag.corpus import add_to_corpus, list_articles, rebuild_or_undo, remove_from_corpus
+from rag.corpus import (
+    add_articles,
+    add_to_corpus,
+    apply_change,
+    list_articles,
+    remove_from_corpus,
+)
 from rag.embedding import Embedder
 from rag.errors import CorpusError, SettingsError
 from rag.index import build_index
@@ -94,8 +100,7 @@ def test_adding_a_markdown_article_embeds_only_its_passages(
     known = _texts(indexed_corpus, load_corpus(indexed_corpus.corpus_dir)[0])
     new_texts = _texts(indexed_corpus, read_articles(new)) - known
 
-    change = add_to_corpus(indexed_corpus, [new])
-    summary = rebuild_or_undo(indexed_corpus, change, embedder)
+    change, summary = add_articles(indexed_corpus, [new], embedder)
 
     assert [a.slug for a in change.added] == ["mlops-basics"]
     assert change.removed == ()
@@ -110,7 +115,7 @@ def test_adding_a_markdown_article_embeds_only_its_passages(
         ("learn-python", 2),
         ("learn-sql", 2),
     ]
-    assert not [p for p in indexed_corpus.corpus_dir.iterdir() if p.suffix == ".part"]
+    assert not [p for p in indexed_corpus.corpus_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_a_malformed_feed_changes_nothing(indexed_corpus: Settings, tmp_path: Path) -> None:
@@ -162,9 +167,7 @@ def test_an_article_already_in_another_file_is_refused(
     assert _snapshot(small_corpus) == before
 
 
-def test_a_file_of_the_same_name_is_replaced_and_undone(
-    small_corpus: Settings, tmp_path: Path
-) -> None:
+def test_a_file_of_the_same_name_is_replaced(small_corpus: Settings, tmp_path: Path) -> None:
     (tmp_path / "sql.md").write_text(_markdown("learn-sql", "SQL, revised", "SQL"))
     before = _snapshot(small_corpus)
 
@@ -172,9 +175,8 @@ def test_a_file_of_the_same_name_is_replaced_and_undone(
 
     assert [a.title for a in change.added] == ["SQL, revised"]
     assert [a.title for a in change.removed] == ["Learn SQL"]
-    assert "SQL, revised" in (small_corpus.corpus_dir / "sql.md").read_text()
-    change.undo()
-    assert _snapshot(small_corpus) == before
+    assert change.contents == (("sql.md", (tmp_path / "sql.md").read_bytes()),)
+    assert _snapshot(small_corpus) == before  # planned, not yet written
 
 
 def test_a_failed_rebuild_restores_the_corpus(indexed_corpus: Settings, tmp_path: Path) -> None:
@@ -185,7 +187,7 @@ def test_a_failed_rebuild_restores_the_corpus(indexed_corpus: Settings, tmp_path
 
     change = add_to_corpus(broken, [tmp_path / "mlops.md"])
     with pytest.raises(SettingsError, match="no-such-model"):
-        rebuild_or_undo(broken, change)
+        apply_change(broken, change)
 
     assert _snapshot(indexed_corpus) == before
     assert indexed_corpus.index_dir.resolve() == built
@@ -198,13 +200,13 @@ def test_removing_a_single_article_file_deletes_it(small_corpus: Settings, refer
     change = remove_from_corpus(small_corpus, reference)
 
     assert [a.slug for a in change.removed] == ["learn-python"]
-    assert sorted(_snapshot(small_corpus)) == ["blog.xml", "sql.md"]
-    change.undo()
-    assert _snapshot(small_corpus) == before
+    assert change.contents == (("python.md", None),)
+    assert _snapshot(small_corpus) == before  # planned, not yet done
 
 
-def test_removing_one_item_rewrites_the_feed(small_corpus: Settings) -> None:
+def test_removing_one_item_rewrites_the_feed(small_corpus: Settings, embedder: Embedder) -> None:
     change = remove_from_corpus(small_corpus, "https://blog.example.com/salary-talk")
+    apply_change(small_corpus, change, embedder)
 
     feed = small_corpus.corpus_dir / "blog.xml"
     assert [a.slug for a in change.removed] == ["salary-talk"]
@@ -213,11 +215,13 @@ def test_removing_one_item_rewrites_the_feed(small_corpus: Settings) -> None:
     assert feed.read_text().startswith("<?xml version='1.0' encoding='UTF-8'?>\n<rss ")
 
 
-def test_removing_one_entry_rewrites_an_atom_feed(small_corpus: Settings) -> None:
+def test_removing_one_entry_rewrites_an_atom_feed(
+    small_corpus: Settings, embedder: Embedder
+) -> None:
     feed = small_corpus.corpus_dir / "news.atom"
     feed.write_text(_atom("alpha", "beta"))
 
-    remove_from_corpus(small_corpus, "beta")
+    apply_change(small_corpus, remove_from_corpus(small_corpus, "beta"), embedder)
 
     assert [a.url for a in read_articles(feed)] == ["https://atom.example.com/alpha"]
 

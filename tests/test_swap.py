@@ -163,10 +163,13 @@ def edit_manifest(**changes: object) -> Callable[[Path], None]:
 DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated dense.faiss": (
         lambda b: truncate(b / "dense.faiss"),
-        r"is damaged \(RuntimeError\)",
+        r"the index file dense\.faiss is \d+ bytes, its manifest says \d+",
     ),
-    "truncated passages": (lambda b: truncate(b / "passages.jsonl"), r"is damaged"),
-    "missing bm25": (lambda b: shutil.rmtree(b / "bm25"), r"is damaged \(FileNotFoundError\)"),
+    "truncated passages": (
+        lambda b: truncate(b / "passages.jsonl"),
+        r"the index file passages\.jsonl is \d+ bytes",
+    ),
+    "missing bm25": (lambda b: shutil.rmtree(b / "bm25"), r"the index lacks bm25/"),
     "other model": (
         edit_manifest(model="other-model"),
         r"built with model 'other-model' but the settings ask for 'all-MiniLM-L6-v2'",
@@ -228,7 +231,10 @@ def test_a_damaged_rebuild_never_replaces_the_loaded_index(
         DAMAGE[damage][0](spoilt.path)
         point_index_at(built, spoilt.path)
         time.sleep(4 * built.reload_check_seconds + 0.5)
-        assert client.get("/api/health").json() == good
+        now = client.get("/api/health").json()  # the old index, said to be stale, and why
+        assert (now.pop("status"), good.pop("status")) == ("stale", "ok")
+        assert "run `rag index` to rebuild" in now.pop("reason")
+        assert now == good
         assert cited_urls(ask(client, "What do data engineers in Lisbon earn?")) == {
             "https://careers.example/data-engineering/"
         }

@@ -220,11 +220,12 @@ class ArticleOut(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or stale: serving an older index, see reason")
     articles: int
     passages: int
     model: str
     index_built_at: str
+    reason: str | None = Field(None, description="Why the index on disk is not the one served")
 
 
 class Unavailable(BaseModel):
@@ -433,19 +434,13 @@ def articles(engine: EngineDep) -> list[dict]:
 
 @router.get("/health", response_model=Health, responses={503: {"model": Unavailable}})
 def health(engine: EngineDep) -> JSONResponse:
-    """Whether an index is loaded, and what it holds; open without an API key, for probes."""
-    if engine.index is None:
-        return JSONResponse({"status": "unavailable", "reason": engine.error}, status_code=503)
-    counts = engine.index.manifest["counts"]
-    return JSONResponse(
-        {
-            "status": "ok",
-            "articles": counts["articles"],
-            "passages": counts["passages"],
-            "model": engine.index.model,
-            "index_built_at": engine.index.built_at,
-        }
-    )
+    """Whether an index is loaded, and what it holds; open without an API key, for probes.
+
+    `stale` (still 200) means an older index is served: the one on disk cannot be
+    read or loaded; `reason` says why.
+    """
+    status = engine.health()
+    return JSONResponse(status, status_code=503 if status["status"] == "unavailable" else 200)
 
 
 def openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -1,0 +1,180 @@
+"""Concurrent builds: one lock over build, swap and prune; no lost update, no half index."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+from click.testing import CliRunner
+
+from rag.cli import cli
+from rag.corpus import list_articles
+from rag.embedding import Embedder
+from rag.errors import IndexMismatchError
+from rag.index import build_index, builds_dir, index_is_current, load_index
+from rag.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def article(slug: str, topic: str) -> str:
+    return (
+        f"---\ntitle: {topic} careers\nurl: https://careers.example/{slug}/\n---\n\n"
+        f"## Pay\n\n{topic} specialists in Porto earn about 51,000 euros a year.\n\n"
+        f"## Skills\n\nA {topic} specialist writes tests and reviews designs every week.\n"
+    )
+
+
+def rag(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """`rag ARGS` in a child process over these settings' folders."""
+    env = {
+        **os.environ,
+        "RAG_CORPUS_DIR": str(settings.corpus_dir),
+        "RAG_INDEX_DIR": str(settings.index_dir),
+        "RAG_DATA_DIR": str(settings.data_dir),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(stream: IO[str], text: str, timeout: float = 300) -> str:
+    """The first line of ``stream`` holding ``text``; fails after ``timeout`` seconds."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if text in line:
+            return line
+    pytest.fail(f"no line with {text!r} within {timeout} s; got {seen}")
+
+
+@pytest.fixture()
+def built(tiny_settings: Settings, embedder: Embedder) -> Settings:
+    (tiny_settings.corpus_dir / "base.md").write_text(article("base", "Testing"))
+    build_index(tiny_settings, embedder)
+    return tiny_settings
+
+
+def test_two_concurrent_adds_keep_both_articles_and_a_whole_index(
+    built: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    (tmp_path / "a.md").write_text(article("alpha", "Kotlin"))
+    (tmp_path / "b.md").write_text(article("beta", "Haskell"))
+
+    first = rag(built, "add", str(tmp_path / "a.md"))
+    time.sleep(0.04)
+    second = rag(built, "add", str(tmp_path / "b.md"))
+    results = [p.communicate(timeout=600) for p in (first, second)]
+
+    for process, (_, err) in zip((first, second), results, strict=True):
+        assert process.returncode == 0, err
+        assert "Traceback" not in err, err
+    assert sorted(a.slug for a in list_articles(built)) == ["alpha", "base", "beta"]
+    assert sorted(p.name for p in built.corpus_dir.iterdir()) == ["a.md", "b.md", "base.md"]
+    assert index_is_current(built)
+    assert len(load_index(built, embedder).articles) == 3
+    builds = [p for p in builds_dir(built.index_dir).glob("build-*")]
+    assert all((p / "manifest.json").exists() for p in builds), builds
+
+
+def test_a_build_in_progress_of_a_live_process_is_not_pruned(
+    built: Settings, embedder: Embedder
+) -> None:
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        root = builds_dir(built.index_dir)
+        in_progress = root / f"build-{writer.pid}-abc123"
+        leftover = root / f"build-{dead.pid}-def456"
+        for folder in (in_progress, leftover):
+            folder.mkdir()
+            (folder / "dense.faiss").write_bytes(b"half written")
+
+        (built.corpus_dir / "more.md").write_text(article("more", "Rust"))
+        build_index(built, embedder)
+
+        assert (in_progress / "dense.faiss").read_bytes() == b"half written"
+        assert not leftover.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_second_build_waits_for_the_first(built: Settings) -> None:
+    from rag.index import build_lock
+
+    (built.corpus_dir / "more.md").write_text(article("more", "Rust"))
+    with build_lock(built):
+        waiting = rag(built, "index", "--quiet")
+        assert waiting.stderr is not None
+        wait_for_line(waiting.stderr, f"another build (process {os.getpid()}) is running; waiting")
+        time.sleep(1.0)
+        assert waiting.poll() is None  # still queued behind the lock
+        assert sorted(a.slug for a in list_articles(built)) == ["base"]
+    assert waiting.wait(timeout=600) == 0
+    assert waiting.stdout is not None
+    assert waiting.stdout.read().startswith("indexed 2 articles")
+    assert sorted(a.slug for a in list_articles(built)) == ["base", "more"]
+
+
+def test_if_needed_rebuilds_an_index_missing_a_file(built: Settings) -> None:
+    (built.index_dir / "dense.faiss").unlink()
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "index",
+            "--if-needed",
+            "--quiet",
+            "--corpus",
+            str(built.corpus_dir),
+            "--index",
+            str(built.index_dir),
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("indexed 1 articles"), result.stdout
+    assert (built.index_dir / "dense.faiss").exists()
+
+
+def test_a_build_missing_a_file_is_not_swapped_in(
+    built: Settings, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rag.index
+
+    in_use = built.index_dir.resolve()
+    write = rag.index._write
+
+    def write_then_lose_a_file(build: Path, *args: object, **kwargs: object) -> object:
+        written = write(build, *args, **kwargs)  # type: ignore[arg-type]
+        (build / "sentences.npy").unlink()  # as a concurrent prune used to do
+        return written
+
+    monkeypatch.setattr(rag.index, "_write", write_then_lose_a_file)
+    (built.corpus_dir / "more.md").write_text(article("more", "Rust"))
+
+    with pytest.raises(IndexMismatchError, match=r"the index lacks sentences\.npy"):
+        build_index(built, embedder)
+    assert built.index_dir.resolve() == in_use
+    assert len(load_index(built, embedder).articles) == 1
