@@ -26,7 +26,15 @@ from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
 from rag.errors import CorpusError, IndexMismatchError, IndexMissingError, RagError
 from rag.files import storage_error
-from rag.ingest import CORPUS_SUFFIXES, Article, CorpusFile, Shape, corpus_files, read_articles
+from rag.ingest import (
+    CORPUS_SUFFIXES,
+    Article,
+    CorpusFile,
+    Shape,
+    check_not_linked,
+    corpus_files,
+    read_articles,
+)
 from rag.settings import Settings
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
@@ -306,6 +314,7 @@ def _read_corpus(
 
 
 def _read_within_limit(settings: Settings, path: Path) -> bytes:
+    check_not_linked(path)  # before reading: a link would publish what it points to
     try:
         size = path.stat().st_size
         if size > settings.max_file_bytes:
