@@ -13,8 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.settings import Settings
 
-# The routes that run the model: the only ones queued and rate limited.
-ANSWERING_ROUTES = {("POST", "/api/answer"), ("POST", "/chat/api/answer"), ("POST", "/")}
+# The routes that run the model: the only ones queued and rate limited (GET / answers a
+# shared link, /?q=…).
+ANSWERING_ROUTES = {
+    ("POST", "/api/answer"),
+    ("POST", "/chat/api/answer"),
+    ("POST", "/"),
+    ("GET", "/"),
+}
 _MAX_TRACKED_CLIENTS = 10_000
 
 
