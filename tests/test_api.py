@@ -248,7 +248,9 @@ def test_form_post_renders_the_answer_without_javascript(client: TestClient) -> 
         f"You asked: {earlier}",
         f"You asked: {SALARY}",
     ]
-    card = css(page, ".turn-answer .answer")[0]
+    # The earlier question is answered again: the whole conversation is on the page.
+    first, card = css(page, ".turn-answer .answer")
+    assert first.get("data-question") == earlier
     assert card.get("data-answered") == "true"
     used = [c for c in api["citations"] if c["highlights"]]
     quoted = [c["text"][s:e] for c in used for s, e in c["highlights"]]

@@ -162,7 +162,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 
 def create_app(settings: Settings) -> FastAPI:
     """The chat page and JSON API over the index named in ``settings``."""
-    from web import api, auth, limits, pages
+    from web import api, auth, docs, limits, pages, security
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -181,6 +181,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Answers about AI careers quoted word for word from the articles, cited.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # web.docs serves /docs from installed files; no ReDoc
+        redoc_url=None,
     )
     app.state.settings = settings
     limits.install(app, settings)
@@ -188,6 +190,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     app.openapi = api.openapi(app)  # type: ignore[method-assign]
     app.include_router(pages.router)
+    docs.install(app)
+    security.install(app)  # last: outermost, so every response carries the headers
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
     return app
 

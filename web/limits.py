@@ -14,8 +14,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.settings import Settings
 
-# The routes that run the model: the only ones queued.
-ANSWERING_ROUTES = {("POST", "/api/answer"), ("POST", "/chat/api/answer"), ("POST", "/")}
+# The routes that run the model: the only ones queued (GET / answers a shared link, /?q=…).
+ANSWERING_ROUTES = {
+    ("POST", "/api/answer"),
+    ("POST", "/chat/api/answer"),
+    ("POST", "/"),
+    ("GET", "/"),
+}
 # The routes that store what a client sends.
 FEEDBACK_ROUTES = {("POST", "/api/feedback"), ("POST", "/chat/api/feedback")}
 # Every route of the chat page, each counted against the chat's own per-client limit.

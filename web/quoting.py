@@ -26,6 +26,11 @@ class Block:
     rows: list[tuple[tuple[str, ...], Citation]] = field(default_factory=list)
     items: list[tuple[str, Citation]] = field(default_factory=list)
 
+    @property
+    def citations(self) -> list[Citation]:
+        """The citations of a table's rows, each once, in order."""
+        return list({c.n: c for _, c in self.rows}.values())
+
 
 def blocks(answer: Answer) -> list[Block]:
     """The answer's quotes grouped into blocks, in the answer's order.

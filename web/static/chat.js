@@ -1,6 +1,9 @@
-// The chat in place: asks /chat/api/answer (the page's own, key-free twin of /api/answer) and
-// builds the same markup as templates/chat.html, plus thumbs up/down feedback on each answer.
-// All user and article text goes in through text nodes (append/textContent), never as HTML.
+// The chat in place: asks /chat/api/answer (the page's own, key-free twin of /api/answer) for
+// the answer's HTML, rendered by the server from the same partial as the page without
+// JavaScript, and inserts it. Adds what needs a script: thumbs up/down feedback, copying an
+// answer or its link, and the live character count.
+// User text goes in through text nodes (append/textContent); only the server's escaped
+// fragment is parsed as HTML.
 "use strict";
 
 (() => {
@@ -11,7 +14,11 @@
   const transcript = document.getElementById("transcript");
   const loading = document.getElementById("loading");
   const formError = document.getElementById("form-error");
-  // Earlier questions of this conversation (the page may come from a form post).
+  const count = document.getElementById("count");
+  const newConversation = document.getElementById("new-conversation");
+  const maxChars = Number(box.dataset.maxChars);
+  const nearLimit = Math.floor(maxChars * 0.9);
+  // Earlier questions of this conversation (the page may come from a form post or a link).
   const history = Array.from(form.querySelectorAll('input[name="history"]'), (input) => input.value);
   let busy = false;
   let feedbackCount = 0;
@@ -23,74 +30,31 @@
     return node;
   }
 
-  // Only http(s) and relative URLs become links (the URL parser drops tabs and newlines as
-  // a browser does); any other (javascript:, data:) is shown as text, as on the page.
-  function linkTo(url) {
-    try {
-      const { protocol } = new URL(url, document.baseURI);
-      return protocol === "http:" || protocol === "https:" ? { href: url } : {};
-    } catch {
-      return {};
-    }
+  const thousands = (n) => n.toLocaleString("en-US");
+
+  // The server counts code points of the trimmed question, so does this.
+  const length = (text) => Array.from(text.trim()).length;
+
+  // The same wording as the server's (it sends its template in data-too-long).
+  function tooLong(n) {
+    return box.dataset.tooLong
+      .replace("{length}", thousands(n))
+      .replace("{limit}", thousands(maxChars))
+      .replace("{over}", thousands(n - maxChars));
   }
 
-  // Highlight offsets count code points (Python), not UTF-16 units: slice by code point.
-  function marked(citation) {
-    const chars = Array.from(citation.text);
-    const pieces = [];
-    let cursor = 0;
-    for (const [start, end] of citation.highlights) {
-      if (start > cursor) pieces.push(chars.slice(cursor, start).join(""));
-      pieces.push(el("mark", {}, chars.slice(start, end).join("")));
-      cursor = end;
-    }
-    if (cursor < chars.length) pieces.push(chars.slice(cursor).join(""));
-    return pieces;
-  }
-
-  function passage(citation) {
-    const link = el(
-      "a",
-      { class: "passage-link", ...linkTo(citation.url), target: "_blank", rel: "noopener" },
-      `${citation.article} › ${citation.section} `,
-      el("span", { "aria-hidden": "true" }, "↗"),
-    );
-    return el("div", { class: "passage" }, el("p", { class: "passage-text" }, ...marked(citation)), link);
-  }
-
-  function chip(citation) {
-    const label = `Source ${citation.n}: ${citation.article}, ${citation.section}`;
-    const summary = el("summary", { class: "chip", "aria-label": label }, String(citation.n));
-    return el("details", { class: "cite" }, summary, passage(citation));
-  }
-
-  function quotes(answer) {
-    const list = el("div", { class: "quotes" });
-    for (const citation of answer.citations) {
-      const chars = Array.from(citation.text);
-      for (const [start, end] of citation.highlights) {
-        const sentence = el("span", { class: "sentence" }, chars.slice(start, end).join(""));
-        list.append(el("div", { class: "quote" }, sentence, " ", chip(citation)));
-      }
-    }
-    return list;
-  }
-
-  function sourceList(citations) {
-    const list = el("ol", { class: "sources" });
-    for (const citation of citations) {
-      const name = el(
-        "span",
-        { class: "source-name" },
-        el("span", { class: "source-article" }, citation.article),
-        " ",
-        el("span", { class: "source-section" }, citation.section),
-      );
-      const number = el("span", { class: "num", "aria-hidden": "true" }, String(citation.n));
-      const attributes = { class: "source", ...linkTo(citation.url), target: "_blank", rel: "noopener" };
-      list.append(el("li", {}, el("a", attributes, number, name)));
-    }
-    return list;
+  function showCount() {
+    const n = length(box.value);
+    const left = maxChars - n;
+    count.textContent =
+      n >= nearLimit && left >= 0
+        ? `${thousands(left)} character${left === 1 ? "" : "s"} left`
+        : `${thousands(n)} / ${thousands(maxChars)}`;
+    count.classList.toggle("count-near", n >= nearLimit && left >= 0);
+    count.classList.toggle("count-over", left < 0);
+    if (left < 0) showError(tooLong(n));
+    else if (formError.dataset.tooLong) showError("");
+    formError.dataset.tooLong = left < 0 ? "yes" : "";
   }
 
   // What RAG_CHAT asks of the page's posts: its signed token, or the API key typed in.
@@ -101,17 +65,41 @@
     return token ? { "X-Chat-Token": token.content } : {};
   }
 
-  async function postJSON(url, payload) {
+  async function post(url, payload, accept) {
     const response = await fetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json", ...access() },
+      headers: { "Content-Type": "application/json", Accept: accept, ...access() },
       body: JSON.stringify(payload),
     });
-    const body = await response.json().catch(() => ({}));
     if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
       throw new Error(body.detail || `The server refused the request (HTTP ${response.status}).`);
     }
-    return body;
+    return response;
+  }
+
+  const postJSON = async (url, payload) => (await post(url, payload, "application/json")).json();
+
+  // The server's fragment (one <li>) as a node; its text is escaped by the server's template.
+  async function postForHTML(url, payload) {
+    const template = document.createElement("template");
+    template.innerHTML = await (await post(url, payload, "text/html")).text();
+    return template.content.firstElementChild;
+  }
+
+  // Copies text; the Clipboard API needs a secure context, so fall back to a selection.
+  async function copy(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+      return;
+    }
+    const scratch = el("textarea", { class: "visually-hidden", readonly: "" });
+    scratch.value = text;
+    document.body.append(scratch);
+    scratch.select();
+    const copied = document.execCommand("copy");
+    scratch.remove();
+    if (!copied) throw new Error("copy refused");
   }
 
   // Thumbs up/down with an optional comment, sent together with the vote: one vote an answer.
@@ -173,32 +161,31 @@
     return group;
   }
 
-  function quotedPassageIds(answer) {
-    return answer.citations.filter((c) => c.highlights.length).map((c) => c.passage_id);
-  }
-
-  function answerTurn(answer) {
-    const card = el(
-      "article",
-      { class: "bubble answer", "data-answered": String(answer.answered) },
-      el("h2", { class: "visually-hidden" }, "Answer"),
+  // What an answer card gets from the script: the copy button, the link copied on click, and
+  // feedback controls. The same for cards of the page and cards fetched in place.
+  function enhance(card) {
+    const status = card.querySelector(".action-status");
+    const report = (message) => {
+      status.textContent = message;
+    };
+    const copyButton = card.querySelector(".copy");
+    copyButton.hidden = false;
+    copyButton.addEventListener("click", () =>
+      copy(copyButton.dataset.copy).then(
+        () => report("Answer copied"),
+        () => report("Could not copy; select the text instead."),
+      ),
     );
-    card.append(
-      answer.answered ? quotes(answer) : el("p", { class: "declined-text" }, answer.answer),
-    );
-    const used = answer.citations.filter((c) => c.highlights.length);
-    const related = answer.citations.filter((c) => !c.highlights.length);
-    if (used.length) card.append(el("h3", { class: "sources-title" }, "Sources"), sourceList(used));
-    if (related.length && answer.answered) {
-      const summary = el("summary", {}, `Related sections (${related.length})`);
-      card.append(el("details", { class: "related" }, summary, sourceList(related)));
-    } else if (related.length) {
-      card.append(el("h3", { class: "sources-title" }, "Closest sections"), sourceList(related));
-    }
-    card.append(feedbackControls(answer.question, answer.answer, quotedPassageIds(answer)));
-    card.append(el("p", { class: "meta" }, `${Math.round(answer.took_ms)} ms`));
-    const classes = answer.answered ? "turn turn-answer" : "turn turn-answer declined";
-    return el("li", { class: classes }, card);
+    const share = card.querySelector(".share");
+    share.addEventListener("click", (event) => {
+      event.preventDefault();
+      copy(share.href).then(
+        () => report("Link copied"),
+        () => report("Could not copy; right-click the link to copy it."),
+      );
+    });
+    const ids = card.dataset.passageIds.split(" ").filter(Boolean);
+    card.append(feedbackControls(card.dataset.question, card.dataset.answer, ids));
   }
 
   function userTurn(question) {
@@ -235,25 +222,33 @@
       box.focus();
       return;
     }
+    if (length(question) > maxChars) {
+      showError(tooLong(length(question))); // never cut: the whole question stays in the box
+      box.focus();
+      return;
+    }
     showError("");
     document.getElementById("examples")?.remove();
     const turn = userTurn(question);
     transcript.append(turn);
     box.value = "";
+    showCount();
     setBusy(true);
     loading.scrollIntoView({ block: "nearest" });
     const request = { question, history: history.slice(-MAX_HISTORY) };
     const articles = chosenArticles();
     if (articles.length) request.articles = articles;
     try {
-      const body = await postJSON("/chat/api/answer", request);
-      const answerTurnNode = answerTurn(body);
-      transcript.append(answerTurnNode);
+      const answerTurn = await postForHTML("/chat/api/answer", request);
+      transcript.append(answerTurn);
+      enhance(answerTurn.querySelector(".answer"));
       history.push(question);
-      answerTurnNode.scrollIntoView({ block: "nearest" });
+      newConversation.hidden = false;
+      answerTurn.scrollIntoView({ block: "nearest" });
     } catch (error) {
       turn.remove();
       box.value = question;
+      showCount();
       const offline = error instanceof TypeError;
       showError(offline ? "Could not reach the server. Check your connection and try again." : error.message);
     } finally {
@@ -262,11 +257,7 @@
     }
   }
 
-  // Answers rendered by the server (a form post without JavaScript) get feedback controls too.
-  for (const card of transcript.querySelectorAll(".answer[data-question]")) {
-    const ids = card.dataset.passageIds.split(" ").filter(Boolean);
-    card.querySelector(".meta").before(feedbackControls(card.dataset.question, card.dataset.answer, ids));
-  }
+  for (const card of transcript.querySelectorAll(".answer")) enhance(card);
 
   const picker = form.querySelector(".limit");
   picker?.addEventListener("change", () => {
@@ -281,12 +272,14 @@
     ask(box.value);
   });
 
+  box.addEventListener("input", showCount);
   box.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
       form.requestSubmit();
     }
   });
+  showCount();
 
   document.querySelector(".example-list")?.addEventListener("submit", (event) => {
     event.preventDefault();
