@@ -196,3 +196,24 @@ def test_the_api_returns_quotes_in_the_documented_shape(client: TestClient) -> N
         "/api/answer", json={"question": "What is the best pizza topping in Naples?"}
     ).json()
     assert declined["quotes"] == []
+
+
+def test_the_example_questions_answer_with_whole_readable_units(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    from rag.scoring import is_label
+    from web.pages import EXAMPLES
+
+    for question in EXAMPLES:
+        result = _ask(corpus_index, embedder, question)
+        assert result.answered, question
+        assert result.quotes, question
+        _check_verbatim(result)
+        for quote in result.quotes:
+            # Never half a row, a heading, a bare label or the text's own question.
+            assert not quote.text.startswith((";", ",", ":")), quote
+            assert not quote.text.endswith("?"), quote
+            assert quote.text.endswith(":") or not is_label(quote.text), quote
+            if quote.kind == "table_row":
+                assert quote.cells, quote
+        assert len({q.text for q in result.quotes}) == len(result.quotes), question
