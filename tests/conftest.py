@@ -151,3 +151,13 @@ def browser() -> Iterator[Browser]:
         )
         yield chromium
         chromium.close()
+
+
+def same_request(response: object) -> dict:
+    """The JSON answer to the request the page just made (Playwright ``Response``): the page
+    gets the answer's HTML; the same body with its token and origin gives the same answer."""
+    request = response.request  # type: ignore[attr-defined]
+    sent = request.all_headers()
+    headers = {k: v for k, v in sent.items() if k in ("origin", "referer", "x-chat-token")}
+    page_request = request.frame.page.request
+    return page_request.post(request.url, data=request.post_data_json, headers=headers).json()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import same_request
 from playwright.sync_api import Browser, Page, expect
 
 from rag.settings import Settings
@@ -72,8 +73,7 @@ def ask(page: Page, question: str) -> dict:
         page.get_by_label("Your question").press("Enter")
     assert response.value.status == 200, response.value.text()
     expect(page.locator(".turn-answer")).to_have_count(turns + 1)
-    sent = response.value.request.post_data_json
-    return page.request.post("/chat/api/answer", data=sent).json()
+    return same_request(response.value)
 
 
 def test_answer_with_a_chip_that_opens_the_highlighted_passage(page: Page) -> None:

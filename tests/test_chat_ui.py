@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import same_request
 from playwright.sync_api import Browser, Page, expect
 
 from rag.analysis import MAX_QUESTION_CHARS
@@ -62,7 +63,7 @@ def ask(page: Page, question: str) -> dict:
         page.get_by_label("Your question").press("Enter")
     assert response.value.status == 200, response.value.text()
     expect(page.locator(".turn-answer")).to_have_count(turns + 1)
-    return page.request.post("/chat/api/answer", data=response.value.request.post_data_json).json()
+    return same_request(response.value)
 
 
 def clipboard(page: Page) -> str:

@@ -7,6 +7,8 @@ depend on every index having been rebuilt.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 QUESTION = "What do data engineers earn?"
+SITE = "http://testserver"
 HOSTILE = "javascript:alert(document.domain)//"
 
 
@@ -36,7 +39,10 @@ def hostile_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) 
         encoding="utf-8",
     )
     settings = Settings(
-        corpus_dir=root / "corpus", index_dir=root / "index", data_dir=root / "data"
+        corpus_dir=root / "corpus",
+        index_dir=root / "index",
+        data_dir=root / "data",
+        trusted_hosts=("127.0.0.1", "localhost", "testserver"),
     )
     build_index(settings, embedder, progress=False)
     build = settings.index_dir.resolve()
@@ -44,6 +50,13 @@ def hostile_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) 
         text = (build / name).read_text(encoding="utf-8")
         assert "https://ex.org/pay/" in text
         (build / name).write_text(text.replace("https://ex.org/pay/", HOSTILE), encoding="utf-8")
+    # Re-record the rewritten files as the build would have: an old index is whole, only
+    # its URLs are of a kind ingest now refuses.
+    manifest = json.loads((build / "manifest.json").read_text(encoding="utf-8"))
+    for name in ("passages.jsonl", "articles.json"):
+        data = (build / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (build / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return settings
 
 
@@ -62,7 +75,11 @@ def test_the_api_answers_with_the_stored_url(hostile_client: TestClient) -> None
 
 
 def test_the_page_shows_a_non_web_url_as_text(hostile_client: TestClient) -> None:
-    response = hostile_client.post("/", data={"question": QUESTION})
+    page = lxml.html.fromstring(hostile_client.get("/").text)
+    token = page.xpath("//meta[@name='chat-token']/@content")[0]
+    response = hostile_client.post(
+        "/", data={"question": QUESTION, "chat_token": token}, headers={"origin": SITE}
+    )
     assert response.status_code == 200, response.text
     page = lxml.html.fromstring(response.text)
 

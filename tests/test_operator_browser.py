@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import pytest
+from conftest import same_request
 from playwright.sync_api import Browser, Page, expect
 
 from rag.feedback import export_feedback
@@ -61,7 +62,7 @@ def ask(page: Page, question: str) -> dict:
     expect(page.locator(".turn-answer")).to_have_count(1)
     assert response.value.status == 200, response.value.text()
     # The page gets the answer's HTML; the same request gives the same answer as JSON.
-    return page.request.post("/chat/api/answer", data=response.value.request.post_data_json).json()
+    return same_request(response.value)
 
 
 def stored(settings: Settings, question: str) -> list[dict]:
