@@ -23,6 +23,20 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
+SITE = {"origin": "http://testserver"}  # the chat's posts must come from its own page
+
+
+def token_of(client: TestClient) -> str:
+    """The chat token the page embeds, which the page's posts send back."""
+    page = lxml.html.fromstring(client.get("/").text)
+    return page.xpath("//meta[@name='chat-token']/@content")[0]
+
+
+def from_page(client: TestClient) -> dict[str, str]:
+    """The headers the page's script sends with its posts."""
+    return SITE | {"x-chat-token": token_of(client)}
+
+
 def without_timing(card: lxml.html.HtmlElement) -> str:
     """The answer's HTML less the time it took, which differs from one answer to the next."""
     for meta in card.xpath(".//*[@class='meta']"):
@@ -35,7 +49,7 @@ def test_the_script_inserts_the_html_the_page_renders(client: TestClient) -> Non
     fragment = client.post(
         "/chat/api/answer",
         json={"question": FOLLOW_UP, "history": [SALARY]},
-        headers={"Accept": "text/html"},
+        headers={"Accept": "text/html"} | from_page(client),
     )
     assert fragment.status_code == 200, fragment.text
     assert fragment.headers["content-type"].startswith("text/html")
@@ -52,7 +66,7 @@ def test_the_script_inserts_the_html_the_page_renders(client: TestClient) -> Non
 
 
 def test_without_accept_html_the_chat_route_still_answers_json(client: TestClient) -> None:
-    reply = client.post("/chat/api/answer", json={"question": SALARY})
+    reply = client.post("/chat/api/answer", json={"question": SALARY}, headers=from_page(client))
     assert reply.status_code == 200, reply.text
     assert reply.json()["question"] == SALARY
 
@@ -62,7 +76,8 @@ def test_over_long_form_post_keeps_the_question_whole_with_a_plain_message(
     client: TestClient, length: int
 ) -> None:
     question = ("What do AI engineers earn? " * 80)[: length - 1] + "?"
-    response = client.post("/", data={"question": question})
+    form = {"question": question, "chat_token": token_of(client)}
+    response = client.post("/", data=form, headers=SITE)
     assert response.status_code == 400, response.text
     page = lxml.html.fromstring(response.text)
     (alert,) = page.xpath("//*[@role='alert']")
