@@ -9,7 +9,7 @@ import lxml.html
 import pytest
 from fastapi.testclient import TestClient
 
-import web.api
+import web.service
 from rag.settings import Settings
 from web.app import create_app
 
@@ -205,7 +205,7 @@ def test_unexpected_error_is_a_json_500_without_internals(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internal state /srv/index")
 
-    monkeypatch.setattr(web.api, "answer_question", broken)
+    monkeypatch.setattr(web.service, "answer_question", broken)
     response = client.post("/api/answer", json={"question": SALARY})
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error; it has been logged"}

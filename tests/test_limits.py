@@ -17,7 +17,10 @@ ANSWER_SECONDS = 0.3
 
 
 def make_app(**changes: object) -> FastAPI:
-    """An app with the real limits and an answering route that takes ANSWER_SECONDS."""
+    """An app with the real limits and an answering route that takes ANSWER_SECONDS.
+
+    Its routes carry the marks of the real app's routes of the same paths.
+    """
     app = FastAPI()
     limits.install(app, Settings().with_(**changes))
 
@@ -26,14 +29,16 @@ def make_app(**changes: object) -> FastAPI:
         await asyncio.sleep(ANSWER_SECONDS)
         return {"received": len(body)}
 
-    for path in ("/api/answer", "/chat/api/answer", "/"):
-        app.post(path)(answer)
+    app.post("/api/answer", dependencies=[limits.ANSWERING])(answer)
+    for path in ("/chat/api/answer", "/"):
+        app.post(path, dependencies=[limits.ANSWERING, limits.CHAT])(answer)
 
     async def feedback(request: Request) -> dict:
         return {"received": len(await request.body())}
 
-    for path in ("/api/feedback", "/chat/api/feedback"):
-        app.post(path, status_code=201)(feedback)
+    app.post("/api/feedback", status_code=201, dependencies=[limits.FEEDBACK])(feedback)
+    marks = [limits.FEEDBACK, limits.CHAT]
+    app.post("/chat/api/feedback", status_code=201, dependencies=marks)(feedback)
 
     @app.get("/api/health")
     async def health() -> dict:

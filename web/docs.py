@@ -15,6 +15,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from web.pages import templates
+
 SWAGGER_UI = Path(str(files("fastapi_offline") / "static"))
 
 router = APIRouter(include_in_schema=False)
@@ -23,8 +25,6 @@ router = APIRouter(include_in_schema=False)
 @router.get("/docs", response_class=HTMLResponse)
 def reference(request: Request) -> HTMLResponse:
     """Swagger UI over this app's ``/openapi.json``."""
-    from web.pages import templates
-
     context = {"title": request.app.title, "openapi_url": request.app.openapi_url}
     return templates.TemplateResponse(request, "docs.html", context)
 

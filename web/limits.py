@@ -8,30 +8,84 @@ import math
 import time
 from datetime import UTC, datetime, timedelta
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.settings import Settings
 
-# The routes that run the model: the only ones queued (GET / answers a shared link, /?q=…).
-ANSWERING_ROUTES = {
-    ("POST", "/api/answer"),
-    ("POST", "/chat/api/answer"),
-    ("POST", "/"),
-    ("GET", "/"),
-}
-# The routes that store what a client sends.
-FEEDBACK_ROUTES = {("POST", "/api/feedback"), ("POST", "/chat/api/feedback")}
-# Every route of the chat page, each counted against the chat's own per-client limit.
-CHAT_ROUTES = {
-    ("GET", "/"),
-    ("HEAD", "/"),
-    ("POST", "/"),
-    ("POST", "/chat/api/answer"),
-    ("POST", "/chat/api/feedback"),
-}
+try:
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # FastAPI before 0.160 lists an included router's routes in `app.routes`
+
+    def iter_route_contexts(routes: list[BaseRoute]) -> list[BaseRoute]:  # type: ignore[misc]
+        return routes
+
+
 _MAX_TRACKED_CLIENTS = 10_000
+
+
+class Mark:
+    """A mark a route carries among its dependencies, naming the limits it is under.
+
+    Declared with the route (``dependencies=[ANSWERING]``) or with its router,
+    so a route cannot be added without its limits. The middleware reads the
+    marks of every route once, when it first serves a request; as a dependency
+    a mark checks nothing.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Mark({self.name!r})"
+
+    async def __call__(self) -> None:
+        return None
+
+
+ANSWERING_MARK, FEEDBACK_MARK, CHAT_MARK = Mark("answering"), Mark("feedback"), Mark("chat")
+# Runs the model: queued, and counted as questions.
+ANSWERING = Depends(ANSWERING_MARK)
+# Stores what a client sends: counted as feedback posts and against the day's allowance.
+FEEDBACK = Depends(FEEDBACK_MARK)
+# A route of the chat page: counted against the chat's own per-client limit.
+CHAT = Depends(CHAT_MARK)
+
+
+class RouteMarks:
+    """The marks of each ``(method, path)`` of ``app``, read from its routes on first use.
+
+    A lookup is one dict access, as cheap as a set of paths written out by hand.
+    A marked route with a path parameter is refused: it could not be looked up
+    by its path, and would escape its limits.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._table: dict[tuple[str, str], frozenset[Mark]] | None = None
+
+    def __call__(self, scope: Scope) -> frozenset[Mark]:
+        if scope["type"] != "http":
+            return frozenset()
+        if self._table is None:
+            self._table = route_marks(self.app.routes)
+        return self._table.get((scope["method"], scope["path"]), frozenset())
+
+
+def route_marks(routes: list[BaseRoute]) -> dict[tuple[str, str], frozenset[Mark]]:
+    """``(method, path) -> marks`` of every marked route, included routers' routes too."""
+    table: dict[tuple[str, str], frozenset[Mark]] = {}
+    for route in iter_route_contexts(routes):
+        dependencies = getattr(route, "dependencies", None) or []
+        marks = frozenset(d.dependency for d in dependencies if isinstance(d.dependency, Mark))
+        if not marks:
+            continue
+        if "{" in route.path or not isinstance(getattr(route, "methods", None), set):
+            raise TypeError(f"a marked route needs a fixed path and methods: {route.path}")
+        table |= {(method, route.path): marks for method in route.methods}
+    return table
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -43,10 +97,12 @@ def install(app: FastAPI, settings: Settings) -> None:
     allowance, then the bounded queue in front of the answering routes. Every
     refusal is a JSON ``{"detail": ...}``.
     """
+    marks = RouteMarks(app)
     # add_middleware puts each new layer outside the previous ones.
-    app.add_middleware(AnswerQueue, settings=settings)
+    app.add_middleware(AnswerQueue, settings=settings, marks=marks)
     if settings.feedback_bytes_per_client_per_day:
-        app.add_middleware(FeedbackAllowance, per_day=settings.feedback_bytes_per_client_per_day)
+        per_day = settings.feedback_bytes_per_client_per_day
+        app.add_middleware(FeedbackAllowance, per_day=per_day, marks=marks)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds
     )
@@ -54,12 +110,14 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.add_middleware(
             RateLimit,
             per_minute=settings.chat_rate_limit_per_minute,
-            kinds={route: "chat requests" for route in CHAT_ROUTES},
+            marks=marks,
+            kinds={CHAT_MARK: "chat requests"},
         )
     if settings.rate_limit_per_minute:
-        kinds = {route: "questions" for route in ANSWERING_ROUTES}
-        kinds |= {route: "feedback posts" for route in FEEDBACK_ROUTES}
-        app.add_middleware(RateLimit, per_minute=settings.rate_limit_per_minute, kinds=kinds)
+        kinds = {ANSWERING_MARK: "questions", FEEDBACK_MARK: "feedback posts"}
+        app.add_middleware(
+            RateLimit, per_minute=settings.rate_limit_per_minute, marks=marks, kinds=kinds
+        )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -88,16 +146,8 @@ async def refuse(
     await send({"type": "http.response.body", "body": body})
 
 
-def _route(scope: Scope) -> tuple[str, str] | None:
-    return (scope["method"], scope["path"]) if scope["type"] == "http" else None
-
-
 def _client(scope: Scope) -> str:
     return scope["client"][0] if scope.get("client") else "unknown"
-
-
-def _is_answering(scope: Scope) -> bool:
-    return _route(scope) in ANSWERING_ROUTES
 
 
 def host_name(host_header: str) -> str:
@@ -203,17 +253,20 @@ class BodyLimit:
 class RateLimit:
     """429 once a client address has made more than ``per_minute`` requests (token bucket).
 
-    ``kinds`` maps each limited route to what its requests are called in the
-    refusal; routes of one kind share a client's allowance.
+    ``kinds`` maps each limited mark to what its requests are called in the
+    refusal; routes of one kind share a client's allowance (a route has one
+    mark of those a limit counts).
     """
 
-    def __init__(self, app: ASGIApp, per_minute: int, kinds: dict[tuple[str, str], str]) -> None:
-        self.app, self.per_minute, self.kinds = app, per_minute, kinds
+    def __init__(
+        self, app: ASGIApp, per_minute: int, marks: RouteMarks, kinds: dict[Mark, str]
+    ) -> None:
+        self.app, self.per_minute, self.marks, self.kinds = app, per_minute, marks, kinds
         # (client, kind) -> (tokens, last update)
         self.buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = self.kinds.get(_route(scope))  # type: ignore[arg-type]
+        kind = next((self.kinds[m] for m in self.marks(scope) if m in self.kinds), None)
         if kind is None:
             return await self.app(scope, receive, send)
         bucket = (_client(scope), kind)
@@ -243,13 +296,13 @@ class FeedbackAllowance:
 
     MAX_CLIENTS = 100_000
 
-    def __init__(self, app: ASGIApp, per_day: int) -> None:
-        self.app, self.per_day = app, per_day
+    def __init__(self, app: ASGIApp, per_day: int, marks: RouteMarks) -> None:
+        self.app, self.per_day, self.marks = app, per_day, marks
         self.day = datetime.now(UTC).date()
         self.stored: dict[str, int] = {}  # client -> bytes stored today
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _route(scope) not in FEEDBACK_ROUTES:
+        if FEEDBACK_MARK not in self.marks(scope):
             return await self.app(scope, receive, send)
         now = datetime.now(UTC)
         if now.date() != self.day:
@@ -285,15 +338,15 @@ class AnswerQueue:
     client than a reply that arrives after it has given up.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, settings: Settings, marks: RouteMarks) -> None:
+        self.app, self.marks = app, marks
         self.max_queue = settings.max_queue
         self.timeout = settings.queue_timeout_seconds
         self.slots = asyncio.Semaphore(settings.max_concurrency)
         self.waiting = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_answering(scope):
+        if ANSWERING_MARK not in self.marks(scope):
             return await self.app(scope, receive, send)
         retry_after = max(1.0, self.timeout)
         if self.slots.locked() and self.waiting >= self.max_queue:

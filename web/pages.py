@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -32,20 +33,14 @@ from rag.analysis import MAX_QUESTION_CHARS
 from rag.answering import Answer, Citation
 from rag.errors import InputError
 from rag.ingest import is_web_link
-from web.api import (
-    MAX_HISTORY,
-    AnswerOut,
-    AnswerRequest,
-    FeedbackOut,
-    FeedbackRequest,
-    JSONErrorRoute,
-    ask,
-    describe,
-    store_feedback,
-)
-from web.app import WEB_DIR, Engine, EngineDep
 from web.auth import ChatKeyName, chat_on, check_chat, same_origin
+from web.engine import Engine, EngineDep
+from web.limits import ANSWERING, CHAT, FEEDBACK
 from web.quoting import blocks
+from web.schema import MAX_HISTORY, AnswerOut, AnswerRequest, FeedbackOut, FeedbackRequest
+from web.service import JSONErrorRoute, ask, describe, store_feedback
+
+TEMPLATES = Path(__file__).parent / "templates"
 
 EXAMPLES = (
     "How much do AI engineers earn?",
@@ -60,10 +55,9 @@ TOO_LONG = (
 )
 
 # Autoescape everything: questions and passages are shown as text, never as markup.
-templates = Jinja2Templates(
-    env=Environment(loader=FileSystemLoader(WEB_DIR / "templates"), autoescape=True)
-)
-router = APIRouter(include_in_schema=False, dependencies=[Depends(chat_on)])
+templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True))
+# Every route of the chat counts against the chat's own limit (`web.limits`).
+router = APIRouter(include_in_schema=False, dependencies=[Depends(chat_on), CHAT])
 chat_api = APIRouter(prefix="/chat/api", route_class=JSONErrorRoute)
 from_this_site = [Depends(same_origin)]
 
@@ -231,7 +225,8 @@ def _conversation(
     )
 
 
-@router.get("/", response_class=HTMLResponse)
+# A shared link (GET /?q=…) answers too, so it is queued like the posts.
+@router.get("/", response_class=HTMLResponse, dependencies=[ANSWERING])
 def chat(
     request: Request,
     engine: EngineDep,
@@ -245,7 +240,7 @@ def chat(
     return _conversation(request, engine, q, history, articles)
 
 
-@router.post("/", response_class=HTMLResponse, dependencies=from_this_site)
+@router.post("/", response_class=HTMLResponse, dependencies=[ANSWERING, *from_this_site])
 def chat_form(
     request: Request,
     engine: EngineDep,
@@ -259,7 +254,7 @@ def chat_form(
     return _conversation(request, engine, question, history, articles, (chat_token, api_key))
 
 
-@chat_api.post("/answer", response_model=AnswerOut, dependencies=from_this_site)
+@chat_api.post("/answer", response_model=AnswerOut, dependencies=[ANSWERING, *from_this_site])
 def chat_answer(
     request: AnswerRequest, engine: EngineDep, http: Request, _: ChatKeyName
 ) -> Response | dict:
@@ -277,7 +272,10 @@ def chat_answer(
 
 
 @chat_api.post(
-    "/feedback", status_code=201, response_model=FeedbackOut, dependencies=from_this_site
+    "/feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    dependencies=[FEEDBACK, *from_this_site],
 )
 def chat_feedback(request: FeedbackRequest, engine: EngineDep, api_key: ChatKeyName) -> dict:
     """`/api/feedback` for the page: only from this site, with its token (or a key)."""
