@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from benchmarks import common, indexing, latency, load, scale, soak
+from rag.errors import RagError
 
 TARGETS = {
     "8 clients": ">= 60 answers/s, p95 <= 150 ms, no errors",
@@ -78,4 +80,7 @@ def _earlier() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RagError as exc:  # e.g. no index yet, or one of an older format
+        sys.exit(f"Error: {exc} (`make bench` builds the index first)")
