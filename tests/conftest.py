@@ -6,14 +6,18 @@ temporary folders; nothing depends on files left by an earlier run.
 
 from __future__ import annotations
 
+import os
+import queue
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +27,7 @@ from rag.index import Index, build_index, load_index
 from rag.settings import Settings
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page, Response
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
@@ -67,6 +71,21 @@ def tiny_settings(tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         trusted_hosts=TEST_HOSTS,
     )
+
+
+def one_article_index(root: Path, text: str, embedder: Embedder, **overrides: object) -> Settings:
+    """Settings over a corpus of one Markdown article (``text``) in ``root``, indexed with
+    the real model; ``overrides`` are further settings."""
+    (root / "corpus").mkdir()
+    (root / "corpus" / "article.md").write_text(text, encoding="utf-8")
+    settings = Settings(
+        corpus_dir=root / "corpus",
+        index_dir=root / "index",
+        data_dir=root / "data",
+        **overrides,  # type: ignore[arg-type]
+    )
+    build_index(settings, embedder)
+    return settings
 
 
 @pytest.fixture(scope="session")
@@ -153,11 +172,69 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def same_request(response: object) -> dict:
+def ask_in_page(page: Page, question: str) -> dict:
+    """Type ``question`` in the chat, press Enter, wait for its answer to be shown; returns
+    the API's JSON for it (see `same_request`)."""
+    from playwright.sync_api import expect
+
+    turns = page.locator(".turn-answer").count()
+    box = page.get_by_label("Your question")
+    box.fill(question)
+    with page.expect_response("**/api/answer") as response:
+        box.press("Enter")
+    assert response.value.status == 200, response.value.text()
+    expect(page.locator(".turn-answer")).to_have_count(turns + 1)
+    return same_request(response.value)
+
+
+def same_request(response: Response) -> dict:
     """The JSON answer to the request the page just made (Playwright ``Response``): the page
     gets the answer's HTML; the same body with its token and origin gives the same answer."""
-    request = response.request  # type: ignore[attr-defined]
+    request = response.request
     sent = request.all_headers()
     headers = {k: v for k, v in sent.items() if k in ("origin", "referer", "x-chat-token")}
     page_request = request.frame.page.request
     return page_request.post(request.url, data=request.post_data_json, headers=headers).json()
+
+
+def article(slug: str, topic: str) -> str:
+    return (
+        f"---\ntitle: {topic} careers\nurl: https://careers.example/{slug}/\n---\n\n"
+        f"## Pay\n\n{topic} specialists in Porto earn about 51,000 euros a year.\n\n"
+        f"## Skills\n\nA {topic} specialist writes tests and reviews designs every week.\n"
+    )
+
+
+def rag(settings: Settings, *args: str) -> subprocess.Popen[str]:
+    """`rag ARGS` in a child process over these settings' folders."""
+    env = {
+        **os.environ,
+        "RAG_CORPUS_DIR": str(settings.corpus_dir),
+        "RAG_INDEX_DIR": str(settings.index_dir),
+        "RAG_DATA_DIR": str(settings.data_dir),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(stream: IO[str], text: str, timeout: float = 300) -> str:
+    """The first line of ``stream`` holding ``text``; fails after ``timeout`` seconds."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if text in line:
+            return line
+    pytest.fail(f"no line with {text!r} within {timeout} s; got {seen}")

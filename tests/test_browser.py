@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import same_request
+from conftest import ask_in_page as ask
 from playwright.sync_api import Browser, Page, expect
 
 from rag.settings import Settings
@@ -59,21 +59,6 @@ def page(browser: Browser, base_url: str, watch: Watch) -> Iterator[Page]:
     yield chat
     chat.context.close()
     assert watch.errors == []
-
-
-def ask(page: Page, question: str) -> dict:
-    """Type ``question``, press Enter, wait for its answer; returns the API's JSON for it.
-
-    The page gets the answer's HTML; the JSON is asked for with the same request
-    (answers to the same question and history are the same).
-    """
-    turns = page.locator(".turn-answer").count()
-    page.get_by_label("Your question").fill(question)
-    with page.expect_response("**/api/answer") as response:
-        page.get_by_label("Your question").press("Enter")
-    assert response.value.status == 200, response.value.text()
-    expect(page.locator(".turn-answer")).to_have_count(turns + 1)
-    return same_request(response.value)
 
 
 def test_answer_with_a_chip_that_opens_the_highlighted_passage(page: Page) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import lxml.html
 import pytest
+from conftest import one_article_index
 from fastapi.testclient import TestClient
 
 from rag.embedding import Embedder
-from rag.index import build_index
 from rag.keys import create_key
 from rag.settings import Settings
 from web.app import create_app
@@ -35,16 +35,7 @@ FEEDBACK = {"question": QUESTION, "answer": "a", "passage_ids": [], "helpful": T
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Settings:
     root = tmp_path_factory.mktemp("chat-access")
-    (root / "corpus").mkdir()
-    (root / "corpus" / "ml.md").write_text(ARTICLE, encoding="utf-8")
-    settings = Settings(
-        corpus_dir=root / "corpus",
-        index_dir=root / "index",
-        data_dir=root / "data",
-        trusted_hosts=("testserver",),
-    )
-    build_index(settings, embedder)
-    return settings
+    return one_article_index(root, ARTICLE, embedder, trusted_hosts=("testserver",))
 
 
 @pytest.fixture()

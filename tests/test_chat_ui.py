@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import same_request
+from conftest import ask_in_page as ask
 from playwright.sync_api import Browser, Page, expect
 
 from rag.analysis import MAX_QUESTION_CHARS
@@ -53,17 +53,6 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
     yield chat
     chat.context.close()
     assert chat.errors == []  # type: ignore[attr-defined]
-
-
-def ask(page: Page, question: str) -> dict:
-    """Type ``question`` and press Enter; the answer as the API's JSON, once it is shown."""
-    turns = page.locator(".turn-answer").count()
-    page.get_by_label("Your question").fill(question)
-    with page.expect_response("**/chat/api/answer") as response:
-        page.get_by_label("Your question").press("Enter")
-    assert response.value.status == 200, response.value.text()
-    expect(page.locator(".turn-answer")).to_have_count(turns + 1)
-    return same_request(response.value)
 
 
 def clipboard(page: Page) -> str:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import IO
 
 import pytest
 from click.testing import CliRunner
+from conftest import article, rag, wait_for_line
 
 from rag.cli import cli
 from rag.corpus import list_articles
@@ -24,49 +21,6 @@ from rag.ingest import _SectionBuilder
 from rag.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def article(slug: str, topic: str) -> str:
-    return (
-        f"---\ntitle: {topic} careers\nurl: https://careers.example/{slug}/\n---\n\n"
-        f"## Pay\n\n{topic} specialists in Porto earn about 51,000 euros a year.\n\n"
-        f"## Skills\n\nA {topic} specialist writes tests and reviews designs every week.\n"
-    )
-
-
-def rag(settings: Settings, *args: str) -> subprocess.Popen[str]:
-    """`rag ARGS` in a child process over these settings' folders."""
-    env = {
-        **os.environ,
-        "RAG_CORPUS_DIR": str(settings.corpus_dir),
-        "RAG_INDEX_DIR": str(settings.index_dir),
-        "RAG_DATA_DIR": str(settings.data_dir),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_line(stream: IO[str], text: str, timeout: float = 300) -> str:
-    """The first line of ``stream`` holding ``text``; fails after ``timeout`` seconds."""
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in stream], daemon=True).start()
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if text in line:
-            return line
-    pytest.fail(f"no line with {text!r} within {timeout} s; got {seen}")
 
 
 class CountingSet(set):

@@ -13,6 +13,7 @@ import httpx
 import lxml.html
 import pytest
 import schemathesis
+from conftest import one_article_index
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
@@ -25,7 +26,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rag.embedding import Embedder
-from rag.index import build_index
 from rag.settings import Settings
 from web.app import create_app
 
@@ -47,17 +47,12 @@ A machine learning engineer needs Python, statistics and experience deploying mo
 @pytest.fixture(scope="module")
 def hostile_settings(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Settings:
     """A one-article index: hostile input does not need the real corpus, only a real index."""
-    root = tmp_path_factory.mktemp("hostile")
-    (root / "corpus").mkdir()
-    (root / "corpus" / "ml.md").write_text(ARTICLE, encoding="utf-8")
-    settings = Settings(
-        corpus_dir=root / "corpus",
-        index_dir=root / "index",
-        data_dir=root / "data",
+    return one_article_index(
+        tmp_path_factory.mktemp("hostile"),
+        ARTICLE,
+        embedder,
         trusted_hosts=("127.0.0.1", "localhost", "testserver"),  # TestClient: testserver
     )
-    build_index(settings, embedder)
-    return settings
 
 
 def client_for(settings: Settings) -> TestClient:

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 import schemathesis
+from conftest import one_article_index
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, seed
 from hypothesis import settings as hypothesis_settings
@@ -22,7 +23,6 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from rag.embedding import Embedder
-from rag.index import build_index
 from rag.keys import create_key
 from rag.settings import Settings
 from web.app import create_app
@@ -42,18 +42,13 @@ KEYED = [("post", "/api/answer"), ("post", "/api/feedback"), ("get", "/api/artic
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Settings:
-    root = tmp_path_factory.mktemp("openapi")
-    (root / "corpus").mkdir()
-    (root / "corpus" / "ml.md").write_text(ARTICLE, encoding="utf-8")
-    settings = Settings(
-        corpus_dir=root / "corpus",
-        index_dir=root / "index",
-        data_dir=root / "data",
+    return one_article_index(
+        tmp_path_factory.mktemp("openapi"),
+        ARTICLE,
+        embedder,
         trusted_hosts=("testserver", "localhost", "127.0.0.1"),
         feedback_bytes_per_client_per_day=0,  # generated feedback is large and plentiful
     )
-    build_index(settings, embedder)
-    return settings
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import pytest
-from conftest import same_request
+from conftest import ask_in_page as ask
 from playwright.sync_api import Browser, Page, expect
 
 from rag.feedback import export_feedback
@@ -52,17 +52,6 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
     yield chat
     chat.context.close()
     assert errors == []
-
-
-def ask(page: Page, question: str) -> dict:
-    """Type ``question``, press Enter and wait for the answer; the chat route's JSON."""
-    page.get_by_label("Your question").fill(question)
-    with page.expect_response("**/chat/api/answer") as response:
-        page.get_by_label("Your question").press("Enter")
-    expect(page.locator(".turn-answer")).to_have_count(1)
-    assert response.value.status == 200, response.value.text()
-    # The page gets the answer's HTML; the same request gives the same answer as JSON.
-    return same_request(response.value)
 
 
 def stored(settings: Settings, question: str) -> list[dict]:
