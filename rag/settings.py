@@ -80,6 +80,9 @@ class Settings:
     # refused at once. Both keep a locked database from holding up the server's threads.
     feedback_busy_timeout_seconds: float = 2.0
     feedback_max_writers: int = 8
+    # PostgreSQL (with pgvector) shared by every replica, e.g. postgresql://user@db/rag.
+    # Empty (the default): everything stays in files beside the server.
+    database_url: str = ""
 
     def __post_init__(self) -> None:
         if self.chunk_words < 20 or self.chunk_max_words < self.chunk_words:
@@ -128,6 +131,10 @@ class Settings:
             raise SettingsError("chat_rate_limit_per_minute must be at least 1")
         if self.chat_token_seconds < 60:
             raise SettingsError("chat_token_seconds must be at least 60")
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise SettingsError(
+                "database_url must be a postgresql:// URL (or empty for files beside the server)"
+            )
         if self.feedback_bytes_per_client_per_day < 0:
             raise SettingsError("feedback_bytes_per_client_per_day must be 0 (no cap) or more")
 

