@@ -68,6 +68,10 @@ class Question:
     search_tokens: tuple[str, ...]  # stems searched (emphasis repeated)
     synonyms: tuple[str, ...]  # extra stems BM25 searches
     emphasis: tuple[str, ...]  # a follow-up's own stems, which the answer must address
+    # The earlier questions and this one as one text ("" with no history): retrieval also
+    # searches it, so a follow-up the grammar above does not recognise keeps its thread.
+    conversation: str = ""
+    conversation_tokens: tuple[str, ...] = ()
 
     @property
     def wants_figure(self) -> bool:
@@ -88,6 +92,7 @@ class Question:
             "replaced": list(self.replaced),
             "search_text": self.search_text,
             "emphasis": list(self.emphasis),
+            "conversation": self.conversation,
         }
 
 
@@ -129,6 +134,7 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
     else:
         inherited, search_text, emphasis = "", text, ()
     search_tokens = (*tokenize(search_text), *emphasis)
+    conversation = " ".join([*previous, text]) if previous else ""
     written = _names(text, index.proper_words)
     wants = wanted_kind(normalise(text))
     if follow_up and wants == "other":  # "and in Europe?" asks what the question before it did
@@ -152,6 +158,8 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
         search_tokens=search_tokens,
         synonyms=tuple(expand(search_tokens)),
         emphasis=emphasis,
+        conversation=conversation,
+        conversation_tokens=tuple(tokenize(conversation)),
     )
 
 

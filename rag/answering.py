@@ -17,7 +17,14 @@ from rag.analysis import MAX_QUESTION_CHARS, Question, analyse
 from rag.embedding import Embedder
 from rag.index import Index
 from rag.ingest import PATH_SEPARATOR
-from rag.retrieval import Hit, question_query, retrieve_for
+from rag.retrieval import (
+    Hit,
+    conversation_query,
+    fuse,
+    question_query,
+    retrieve,
+    retrieve_for,
+)
 from rag.scoring import (
     MAX_QUOTES,
     QUESTION_FEATURES,
@@ -184,7 +191,19 @@ def find_candidates(
         vector = vector / np.linalg.norm(vector)
     required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
     query = question_query(analysed, vector)
-    hits = retrieve_for(index, query, top_k, required=required, mode=mode, allowed=allowed)
+    if not analysed.conversation:
+        hits = retrieve_for(index, query, top_k, required=required, mode=mode, allowed=allowed)
+    else:
+        # In a conversation, the question as analysed and the whole conversation are both
+        # searched, each twice as deep, and fused: a follow-up keeps its thread even when
+        # it is not recognised as one, and a new question still finds its own passages.
+        depth = 2 * top_k
+        own = retrieve_for(index, query, depth, required=required, mode=mode, allowed=allowed)
+        together = embedder.encode_query(analysed.conversation)
+        whole = conversation_query(analysed, together)
+        hits = fuse([own, retrieve(index, whole, depth, mode=mode, allowed=allowed)], top_k)
+        vector = vector + together
+        vector = vector / np.linalg.norm(vector)
     return analysed, hits, candidates(index, analysed, vector, hits)
 
 

@@ -261,6 +261,7 @@ def eval_command(
         by_corpus,
         cross_corpus,
         evaluate,
+        follow_up_retrieval,
         scores_json,
         scores_table,
         types_table,
@@ -284,6 +285,11 @@ def eval_command(
         click.echo(scores_table(all_scores, targets=True))
         click.echo("\nBy question type, all corpora, out of fold:\n")
         click.echo(types_table(rows))
+        count, as_answered, joined = follow_up_retrieval(loaded, embedder, rows, k=k)
+        click.echo(
+            f"\nFollow-ups ({count} answerable), evidence hit@{k}: {as_answered:.3f} as "
+            f"answered, {joined:.3f} searching the joined conversation"
+        )
     else:
         model = load_model(model_path)
         files = set_files(list(sets))

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from rag.analysis import analyse
 from rag.answering import Answer, answer_question
 from rag.embedding import Embedder
 from rag.fitting import collect, model_from
 from rag.index import Index
 from rag.questionsets import EvalQuestion, contains_any, load_questions, match_text
+from rag.retrieval import question_query, retrieve
 from rag.scoring import AnswerModel
 
 __all__ = ["EvalQuestion", "contains_any", "load_questions", "match_text"]
@@ -137,6 +139,32 @@ def cross_corpus(
         model = model_from(training)
         rows.extend(run(index, embedder, questions, k=k, model=model))
     return rows
+
+
+def follow_up_retrieval(
+    corpora: dict[str, tuple[Index, list[EvalQuestion]]],
+    embedder: Embedder,
+    rows: list[dict],
+    *,
+    k: int = 5,
+) -> tuple[int, float, float]:
+    """Evidence hit@k of the answerable follow-ups as answered (``rows``) beside that of
+    searching their joined conversation (the earlier questions and the follow-up as one
+    question) with the same retriever: how many, as answered, joined."""
+    answered = {r["id"]: r["evidence_rank"] is not None for r in rows}
+    mine, joined = [], []
+    for index, questions in corpora.values():
+        for q in questions:
+            if not (q.follow_up and q.answerable) or q.id not in answered:
+                continue
+            together = analyse(" ".join([*q.history, q.question]), (), index)
+            vector = embedder.encode_query(together.search_text)
+            hits = retrieve(index, question_query(together, vector), k)
+            mine.append(answered[q.id])
+            joined.append(any(contains_any(h.passage.text, q.evidence) for h in hits))
+    if not mine:
+        return 0, 0.0, 0.0
+    return len(mine), round(float(np.mean(mine)), 3), round(float(np.mean(joined)), 3)
 
 
 def score(name: str, rows: list[dict]) -> Scores:

