@@ -35,6 +35,7 @@ MEASURES = (
     "near_miss_declined",
     "off_topic_declined",
     "verbatim",
+    "quotes_per_answer",
 )
 TARGETS = {
     "evidence_hit": (">=", 0.90),
@@ -64,6 +65,7 @@ class Scores:
     near_miss_declined: float | None
     off_topic_declined: float | None
     verbatim: float | None
+    quotes_per_answer: float | None  # units (sentences, rows, items) an answer quotes
     p50_ms: float | None = None
     p95_ms: float | None = None
 
@@ -101,6 +103,7 @@ def run(
                     and contains_any(result.answer, q.answer_contains)
                 ),
                 "verbatim": _verbatim(result),
+                "units": sum(len(c.highlights) for c in result.citations),
                 "probability": result.probability,
                 "answer": result.answer,
                 "took_ms": result.took_ms,
@@ -198,6 +201,9 @@ def score(name: str, rows: list[dict]) -> Scores:
             [r for r in unanswerable if not r["near_miss"]], lambda r: not r["answered"]
         ),
         verbatim=share(answered, lambda r: r["verbatim"]),
+        quotes_per_answer=round(sum(r["units"] for r in answered) / len(answered), 2)
+        if answered
+        else None,
         p50_ms=round(float(np.percentile(latencies, 50)), 1) if latencies else None,
         p95_ms=round(float(np.percentile(latencies, 95)), 1) if latencies else None,
     )
@@ -271,6 +277,7 @@ def scores_table(all_scores: list[Scores], *, targets: bool = False) -> str:
         "near miss",
         "off topic",
         "verbatim",
+        "quotes/answer",
         "p50 ms",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

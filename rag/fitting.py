@@ -28,6 +28,7 @@ from rag.questionsets import EvalQuestion, contains_any, load_questions, set_fil
 from rag.retrieval import Hit
 from rag.scoring import (
     CANDIDATE_FEATURES,
+    MAX_QUOTES,
     MODEL_FORMAT,
     QUESTION_FEATURES,
     AnswerModel,
@@ -41,8 +42,11 @@ from rag.settings import Settings
 # The share of answerable questions the decision may decline, out of fold: a wrong
 # decline costs a reader an answer the articles hold; a wrong answer shows its sources.
 FALSE_DECLINE_BUDGET = 0.05
-# A further unit joins the answer when the ranker finds it more likely right than wrong.
-JOIN_PROBABILITY = 0.5
+# Units an answer quotes, on average over answerable questions, out of fold: a unit more
+# than the best one joins when the ranker finds it likely enough to hold the answer, with
+# "likely enough" fitted as the lowest probability that keeps answers within this length.
+# One or two sentences, rows or items are what a reader takes in at a glance.
+QUOTE_BUDGET = 2.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     unit_scores = np.concatenate([s for (s, _), a in zip(scored, answerable, strict=True) if a])
     unit_labels = np.concatenate([lab for (_, lab), a in zip(scored, answerable, strict=True) if a])
     ranker_platt = _platt(unit_scores, unit_labels)
+    join_probability = _join_probability(examples, oof_scores, ranker_platt, QUOTE_BUDGET)
     X = np.array([_evidence(e, s) for e, s in zip(examples, oof_scores, strict=True)])
     y = np.array([e.question.answerable for e in examples])
     decider = _fit_linear(X, y)
@@ -111,7 +116,8 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
             "threshold": round(threshold, 6),
             "false_decline_budget": FALSE_DECLINE_BUDGET,
         },
-        "join_probability": JOIN_PROBABILITY,
+        "join_probability": round(join_probability, 6),
+        "quote_budget": QUOTE_BUDGET,
         "fitted_on": {
             "sources": sorted(sources or []),
             "questions": len(examples),
@@ -238,6 +244,47 @@ def _platt(decisions: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     fitted = LogisticRegression().fit(decisions[:, None], y)
     return -float(fitted.coef_[0][0]), -float(fitted.intercept_[0])
+
+
+def _join_probability(
+    examples: list[Example],
+    scores: list[np.ndarray],
+    platt: tuple[float, float],
+    budget: float,
+) -> float:
+    """The lowest probability at which a further candidate joins the answer that keeps the
+    mean units quoted for answerable questions within ``budget``, on out-of-fold scores.
+
+    The answers are simulated as `rag.answering` chooses its quotes, except that units
+    the answer step would drop as near repeats of chosen ones count here: the length
+    is, if anything, overestimated.
+    """
+    rows = [(e, s) for e, s in zip(examples, scores, strict=True) if e.question.answerable]
+    rows = [(e, s) for e, s in rows if e.pool]
+    if not rows:
+        return 1.0
+    for probability in np.linspace(0.0, 1.0, 101):
+        units = [_quoted_units(e, s, platt, float(probability)) for e, s in rows]
+        if float(np.mean(units)) <= budget:
+            return float(probability)
+    return 1.0
+
+
+def _quoted_units(
+    example: Example, scores: np.ndarray, platt: tuple[float, float], join: float
+) -> int:
+    chosen: set[tuple[int, int]] = set()
+    for n, i in enumerate(np.argsort(-scores, kind="stable")):
+        if n and float(platt_probability(platt, scores[i])) < join:
+            break
+        candidate = example.pool[i]
+        group = {(candidate.hit.position, u) for u in candidate.units}
+        if (n and len(chosen) + len(group) > MAX_QUOTES) or group & chosen:
+            continue
+        chosen |= group
+        if len(chosen) >= MAX_QUOTES:
+            break
+    return len(chosen)
 
 
 def _threshold(answerable: np.ndarray, budget: float) -> float:
