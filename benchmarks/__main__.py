@@ -1,4 +1,4 @@
-"""`python -m benchmarks [all|latency|http|index|scale|soak|worker]`: measure, print, write JSON."""
+"""`python -m benchmarks [all|latency|http|index|scale|soak|worker|int8]`: measure, write JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from benchmarks import common, indexing, latency, load, scale, soak, worker
+from benchmarks import common, indexing, latency, load, quantize, scale, soak, worker
 from rag.errors import RagError
 
 TARGETS = {
@@ -20,7 +20,7 @@ TARGETS = {
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak", "worker"]
+        "what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak", "worker", "int8"]
     )
     parser.add_argument("--workers", type=int, default=2, help="rag serve workers (default 2)")
     parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
@@ -37,6 +37,9 @@ def main() -> None:
 
     if args.what == "worker":
         worker.main(args.runs)
+        return
+    if args.what == "int8":
+        quantize.main()
         return
 
     if args.what == "soak":

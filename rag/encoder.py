@@ -127,9 +127,9 @@ def load_question_encoder(
         return reuse
     try:
         return QuestionEncoder(path / folder, description)
-    except (OSError, RuntimeError, ValueError, Exception) as exc:
-        if isinstance(exc, IndexMismatchError):
-            raise
+    except IndexMismatchError:
+        raise
+    except Exception as exc:  # onnxruntime and tokenizers raise their own kinds on a bad file
         raise IndexMismatchError(
             f"the question encoder of the index at {path} cannot be loaded "
             f"({type(exc).__name__}); run `rag index` to rebuild"

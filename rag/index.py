@@ -657,10 +657,14 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index was built with model {manifest.get('model')!r} but the settings ask for "
             f"{settings.model!r}; run `rag index` to rebuild with this model"
         )
-    if embedder is not None and manifest.get("dimension") != embedder.dimension:
+    # Without a loaded model, the question encoder the build records says what the model gives.
+    encoder = manifest.get("question_encoder")
+    recorded = encoder.get("dimension") if isinstance(encoder, dict) else None
+    gives = embedder.dimension if embedder is not None else recorded
+    if gives and manifest.get("dimension") != gives:
         raise IndexMismatchError(
             f"the index holds {manifest.get('dimension')}-dimensional vectors but the model gives "
-            f"{embedder.dimension}; run `rag index` to rebuild"
+            f"{gives}; run `rag index` to rebuild"
         )
     try:  # the embedding cache is only read by the next build, which tolerates a bad one
         verify_files(path, manifest, skip=("embedding_cache.npz",))
