@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, dev_questions, machine, percentiles, table, write_results
 from rag.embedding import Embedder
-from rag.encoder import NETWORK, TOKENIZER, QuestionEncoder, load_question_encoder
+from rag.encoder import ENCODER_DIR, NETWORK, TOKENIZER, QuestionEncoder, load_question_encoder
 from rag.evaluation import by_corpus, cross_corpus
 from rag.fitting import corpus_questions, load_corpora
 from rag.retrieval import use_one_thread
@@ -64,9 +64,9 @@ def run() -> dict:
     questions = dev_questions()
     results: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     with tempfile.TemporaryDirectory() as scratch:
-        int8_encoder = quantized(first.path / record["folder"], record, Path(scratch))
+        int8_encoder = quantized(first.path / ENCODER_DIR, record, Path(scratch))
         results["bytes"] = {
-            "float": (first.path / record["folder"] / NETWORK).stat().st_size,
+            "float": (first.path / ENCODER_DIR / NETWORK).stat().st_size,
             "int8": (Path(scratch) / NETWORK).stat().st_size,
         }
         texts = questions + [q.question for _, qs in loaded.values() for q in qs]

@@ -89,14 +89,12 @@ class Embedder:
 def _question_encoder(embedder: Embedder, onnx_dir: Path) -> object | None:
     """The ONNX question encoder of the model, exported into ``onnx_dir`` when missing; any
     model that cannot be exported keeps answering through PyTorch."""
-    import json
     import logging
 
-    from rag.encoder import DESCRIPTION, QuestionEncoder, exported_encoder
+    from rag.encoder import exported_encoder, open_export
 
     try:
-        folder = exported_encoder(onnx_dir, embedder.model_name, lambda: embedder)
-        return QuestionEncoder(folder, json.loads((folder / DESCRIPTION).read_text()))
+        return open_export(exported_encoder(onnx_dir, embedder.model_name, lambda: embedder))
     except Exception as exc:
         logging.getLogger("rag").warning("question encoding stays on PyTorch: %s", exc)
         return None

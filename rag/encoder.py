@@ -91,6 +91,12 @@ class QuestionEncoder:
         return np.stack(rows) if rows else np.zeros((0, self.dimension), dtype=np.float32)
 
 
+def open_export(folder: Path) -> QuestionEncoder:
+    """The question encoder of an export folder (see `exported_encoder`)."""
+    description = json.loads((folder / DESCRIPTION).read_text())
+    return QuestionEncoder(folder, {**description, "sha256": description["sha256"][NETWORK]})
+
+
 def load_question_encoder(
     path: Path, manifest: dict, reuse: object | None = None
 ) -> QuestionEncoder:
@@ -106,9 +112,13 @@ def load_question_encoder(
             "version); run `rag index` to rebuild it"
         )
     files = manifest.get("files", {})
-    folder = record.get("folder")
-    names = [f"{folder}/{NETWORK}", f"{folder}/{TOKENIZER}"]
-    if not isinstance(folder, str) or not all(name in files for name in names):
+    listed = {
+        f"{ENCODER_DIR}/{NETWORK}": (record.get("file"), record.get("sha256")),
+        f"{ENCODER_DIR}/{TOKENIZER}": (record.get("tokenizer"), record.get("tokenizer_sha256")),
+    }
+    if any(
+        recorded != (name, files.get(name, {}).get("sha256")) for name, recorded in listed.items()
+    ):
         raise IndexMismatchError(
             f"the index manifest at {path} names a question encoder it does not list; "
             "run `rag index` to rebuild"
@@ -122,11 +132,10 @@ def load_question_encoder(
             f"{record.get('dimension')}-dimensional vectors of {record.get('model')!r}; "
             "run `rag index` to rebuild"
         )
-    description = {**record, "sha256": files[names[0]]["sha256"]}
-    if isinstance(reuse, QuestionEncoder) and reuse.network_sha256 == description["sha256"]:
+    if isinstance(reuse, QuestionEncoder) and reuse.network_sha256 == record["sha256"]:
         return reuse
     try:
-        return QuestionEncoder(path / folder, description)
+        return QuestionEncoder(path / ENCODER_DIR, record)
     except IndexMismatchError:
         raise
     except Exception as exc:  # onnxruntime and tokenizers raise their own kinds on a bad file
@@ -181,6 +190,8 @@ def exported_encoder(cache_dir: Path, model: str, embedder: Callable[[], Embedde
                 shutil.copyfile(earlier / name, scratch / name)
         else:
             export(embedder(), scratch)
+        if folder.exists() and not _complete(folder):
+            shutil.rmtree(folder)  # damaged (a file changed or removed by hand): replaced
         try:
             os.rename(scratch, folder)
         except OSError:
@@ -193,7 +204,22 @@ def exported_encoder(cache_dir: Path, model: str, embedder: Callable[[], Embedde
 
 
 def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in (NETWORK, TOKENIZER, DESCRIPTION))
+    """Whether ``folder`` holds a whole export, its files as they were written."""
+    try:
+        description = json.loads((folder / DESCRIPTION).read_text())
+        return all(
+            _sha256(folder / name) == description["sha256"][name] for name in (NETWORK, TOKENIZER)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stored:
+        while block := stored.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def install_encoder(source: Path, build: Path) -> dict:
@@ -211,7 +237,14 @@ def install_encoder(source: Path, build: Path) -> dict:
             shutil.copyfile(source / name, target / name)
         os.chmod(target / name, 0o444)
     description = json.loads((source / DESCRIPTION).read_text())
-    return {"folder": ENCODER_DIR, **description}
+    hashes = description.pop("sha256")
+    return {
+        "file": f"{ENCODER_DIR}/{NETWORK}",
+        "sha256": hashes[NETWORK],
+        "tokenizer": f"{ENCODER_DIR}/{TOKENIZER}",
+        "tokenizer_sha256": hashes[TOKENIZER],
+        **description,
+    }
 
 
 def export(embedder: Embedder, folder: Path) -> None:
@@ -273,10 +306,9 @@ def export(embedder: Embedder, folder: Path) -> None:
     tokenizer.enable_truncation(int(model.max_seq_length))
     tokenizer.save(str(folder / TOKENIZER))
     description = {
+        "sha256": {name: _sha256(folder / name) for name in (NETWORK, TOKENIZER)},
         "model": embedder.model_name,
         "dimension": embedder.dimension,
-        "network": NETWORK,
-        "tokenizer": TOKENIZER,
         "pooling": "mean",
         "normalize": "l2",
         "max_tokens": int(model.max_seq_length),

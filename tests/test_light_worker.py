@@ -68,9 +68,13 @@ def test_the_manifest_records_the_encoder(built: Settings) -> None:
     assert record["model"] == manifest["model"] == "all-MiniLM-L6-v2"
     assert (record["dimension"], record["pooling"], record["normalize"]) == (384, "mean", "l2")
     assert record["max_tokens"] == 256
-    for name in ("model.onnx", "tokenizer.json"):
-        path = f"{record['folder']}/{name}"
-        assert manifest["files"][path]["bytes"] == (built.index_dir / path).stat().st_size
+    assert (record["file"], record["tokenizer"]) == ("encoder/model.onnx", "encoder/tokenizer.json")
+    for name, sha256 in (
+        (record["file"], record["sha256"]),
+        (record["tokenizer"], record["tokenizer_sha256"]),
+    ):
+        assert manifest["files"][name]["sha256"] == sha256
+        assert manifest["files"][name]["bytes"] == (built.index_dir / name).stat().st_size
 
 
 def serving_child(settings: Settings, code: str) -> dict:
@@ -167,3 +171,19 @@ def test_rag_ask_still_answers_from_an_index_without_an_encoder(
     result = CliRunner().invoke(cli, ["ask", QUESTION])
     assert result.exit_code == 0, result.output
     assert "48,000 euros" in result.output
+
+
+def test_a_damaged_export_is_exported_again(tmp_path: Path, embedder: Embedder) -> None:
+    settings = one_article_index(tmp_path, ARTICLE, embedder)
+    first = read_manifest(settings.index_dir)["question_encoder"]
+    [export] = [p for p in settings.model_cache_dir.iterdir() if p.is_dir()]
+    network = export / "model.onnx"
+    damaged = network.read_bytes()[:1000]
+    network.unlink()  # the builds keep their own link to the file
+    network.write_bytes(damaged)
+    build_index(settings, embedder)
+    again = read_manifest(settings.index_dir)["question_encoder"]
+    assert again["sha256"] == first["sha256"]
+    assert network.stat().st_size == (settings.index_dir / again["file"]).stat().st_size
+    index = load_index(settings)
+    assert load_question_encoder(index.path, index.manifest).encode_query(QUESTION).shape == (384,)
