@@ -88,10 +88,15 @@ def _first_answer(
         if server.poll() is not None:
             raise RuntimeError(f"rag serve exited ({server.returncode}); see {log}")
         try:
-            if client.post("/api/answer", json={"question": question}).status_code == 200:
-                return time.perf_counter() - started
+            response = client.post("/api/answer", json={"question": question})
         except httpx.TransportError:
-            pass
+            time.sleep(0.02)
+            continue
+        if response.status_code == 200:
+            return time.perf_counter() - started
+        reason = response.json().get("detail", "") if response.status_code == 503 else ""
+        if reason and reason != "the index is loading":  # it will not get better by waiting
+            raise RuntimeError(f"rag serve has no usable index: {reason}")
         time.sleep(0.02)
     raise RuntimeError(f"no answer within 300 s; see {log}")
 
