@@ -117,7 +117,8 @@ def load_question_encoder(
         f"{ENCODER_DIR}/{TOKENIZER}": (record.get("tokenizer"), record.get("tokenizer_sha256")),
     }
     if any(
-        recorded != (name, files.get(name, {}).get("sha256")) for name, recorded in listed.items()
+        name not in files or recorded != (name, files[name].get("sha256"))
+        for name, recorded in listed.items()
     ):
         raise IndexMismatchError(
             f"the index manifest at {path} names a question encoder it does not list; "
