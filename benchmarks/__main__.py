@@ -1,4 +1,4 @@
-"""`python -m benchmarks [all|latency|http|index|scale|soak]`: measure, print tables, write JSON."""
+"""`python -m benchmarks [all|latency|http|index|scale|soak|worker|int8]`: measure, write JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from benchmarks import common, indexing, latency, load, scale, soak
+from benchmarks import common, indexing, latency, load, quantize, scale, soak, worker
 from rag.errors import RagError
 
 TARGETS = {
@@ -19,7 +19,9 @@ TARGETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak", "worker", "int8"]
+    )
     parser.add_argument("--workers", type=int, default=2, help="rag serve workers (default 2)")
     parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
     parser.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
@@ -30,7 +32,15 @@ def main() -> None:
         "--soak-seconds", type=int, default=180, help="soak: how long to run (default 180)"
     )
     parser.add_argument("--short", action="store_true", help="soak: a 45-second run")
+    parser.add_argument("--runs", type=int, default=3, help="worker: cold starts (default 3)")
     args = parser.parse_args()
+
+    if args.what == "worker":
+        worker.main(args.runs)
+        return
+    if args.what == "int8":
+        quantize.main()
+        return
 
     if args.what == "soak":
         soak.run(45 if args.short else args.soak_seconds)

@@ -111,13 +111,17 @@ def index_command(
 
 
 def _load(settings: Settings) -> tuple[Any, Any]:
-    """The index and the model, checking the index before spending time on the model."""
+    """The index and its question encoder (PyTorch only for an index built without one)."""
     from rag.embedding import Embedder
+    from rag.encoder import load_question_encoder
     from rag.index import load_index, read_manifest
     from rag.retrieval import use_one_thread
 
-    read_manifest(settings.index_dir)
+    manifest = read_manifest(settings.index_dir)
     use_one_thread()
+    if "question_encoder" in manifest:
+        index = load_index(settings)
+        return index, load_question_encoder(index.path, index.manifest)
     embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
     return load_index(settings, embedder), embedder
 

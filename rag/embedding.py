@@ -41,10 +41,9 @@ class Embedder:
     """A sentence-transformers model loaded once; ``encode`` returns unit-length float32 rows.
 
     Batches (index builds) run through PyTorch on every core. Single questions
-    run through an ONNX Runtime copy of the same network on one thread when
-    ``onnx_dir`` is given: about 5x less time per question on a small CPU and
-    the same vectors (cosine 1.0 to the PyTorch ones), with one thread per
-    request so concurrent requests do not fight over cores.
+    run through the ONNX copy of the same network (`rag.encoder`) on one thread
+    when ``onnx_dir`` is given (it is exported there once): about 5x less time
+    per question on a small CPU and the same vectors.
     """
 
     def __init__(self, model: str, onnx_dir: Path | None = None) -> None:
@@ -61,21 +60,18 @@ class Embedder:
         if not dimension:
             raise SettingsError(f"model {model!r} does not give fixed-size sentence embeddings")
         self.dimension = int(dimension)
-        self._session = _onnx_session(self._model, onnx_dir) if onnx_dir else None
+        self._questions = _question_encoder(self, onnx_dir) if onnx_dir else None
+
+    @property
+    def sentence_transformer(self) -> object:
+        """The loaded sentence-transformers model (for exporting it)."""
+        return self._model
 
     def encode_query(self, text: str) -> np.ndarray:
         """One unit vector for one question, as fast as this machine allows."""
-        if self._session is None:
+        if self._questions is None:
             return self.encode([text])[0]
-        tokenizer = self._model.tokenizer
-        batch = tokenizer(
-            [text], return_tensors="np", truncation=True, max_length=self._model.max_seq_length
-        )
-        feeds = {i.name: batch[i.name].astype(np.int64) for i in self._session.get_inputs()}
-        hidden = self._session.run(None, feeds)[0][0]
-        mask = batch["attention_mask"][0][:, None].astype(np.float32)
-        vector = (hidden * mask).sum(0) / mask.sum()
-        return (vector / np.linalg.norm(vector)).astype(np.float32)
+        return self._questions.encode_query(text)
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         if not texts:
@@ -90,76 +86,15 @@ class Embedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
-def _onnx_session(model: object, onnx_dir: Path) -> object | None:
-    """An ONNX Runtime session of the model's transformer, exported once into ``onnx_dir``.
-
-    Only models whose pipeline is a transformer with mean pooling and
-    normalisation (all-MiniLM-L6-v2 and its kind) are exported; any other, or
-    an export that fails, keeps answering through PyTorch.
-    """
+def _question_encoder(embedder: Embedder, onnx_dir: Path) -> object | None:
+    """The ONNX question encoder of the model, exported into ``onnx_dir`` when missing; any
+    model that cannot be exported keeps answering through PyTorch."""
     import logging
 
+    from rag.encoder import exported_encoder, open_export
+
     try:
-        import onnxruntime
-        import torch
-    except ImportError:
-        return None
-    modules = [type(m).__name__ for m in model]  # type: ignore[attr-defined]
-    pooling = model[1] if len(modules) > 1 else None  # type: ignore[index]
-    mean = getattr(pooling, "pooling_mode", None) == "mean" or getattr(
-        pooling, "pooling_mode_mean_tokens", False
-    )
-    if modules[:2] != ["Transformer", "Pooling"] or not mean:
-        return None
-    network = model[0].auto_model.eval()  # type: ignore[index]
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    key = hashlib.sha256(
-        f"{model.tokenizer.name_or_path}|{torch.__version__}|{network.config}".encode()  # type: ignore[attr-defined]
-    ).hexdigest()[:16]
-    path = onnx_dir / f"model-{key}.onnx"
-    try:
-        if not path.exists():
-            onnx_dir.mkdir(parents=True, exist_ok=True)
-            _export(network, model.tokenizer, names, path)  # type: ignore[attr-defined]
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return open_export(exported_encoder(onnx_dir, embedder.model_name, lambda: embedder))
     except Exception as exc:
         logging.getLogger("rag").warning("question encoding stays on PyTorch: %s", exc)
         return None
-
-
-def _export(network: object, tokenizer: object, names: list[str], path: Path) -> None:
-    import tempfile
-    import warnings
-
-    import torch
-
-    class Hidden(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    sample = tokenizer(["a sample question"], return_tensors="pt")  # type: ignore[operator]
-    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "hidden"]}
-    handle, temporary = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(handle)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Hidden(network),
-            tuple(sample[n] for n in names),
-            temporary,
-            input_names=names,
-            output_names=["hidden"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-    os.replace(temporary, path)  # atomic: a concurrent reader sees no half-written model

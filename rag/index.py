@@ -24,6 +24,7 @@ import numpy as np
 
 from rag.chunking import Passage, chunk_articles
 from rag.embedding import Embedder, text_key
+from rag.encoder import exported_encoder, install_encoder
 from rag.errors import CorpusError, IndexMismatchError, IndexMissingError, RagError
 from rag.files import storage_error
 from rag.ingest import (
@@ -226,6 +227,10 @@ def _build(
     passage_vectors, sentence_vectors = vectors[: len(passages)], vectors[len(passages) :]
     # Keep only what this build uses, so the cache does not grow with every edit.
     cache = {k: cache[k] for k in dict.fromkeys(keys)}
+    # Serving encodes questions with this export alone (no PyTorch); it is made once a model.
+    encoder = exported_encoder(
+        settings.model_cache_dir, settings.model, lambda: embedder or Embedder(settings.model)
+    )
 
     root = builds_dir(settings.index_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -244,6 +249,7 @@ def _build(
             passage_vectors,
             sentence_vectors,
             cache,
+            encoder,
         )
         verify_files(build, manifest)
         with _signals_held():
@@ -382,6 +388,7 @@ def _write(
     passage_vectors: np.ndarray,
     sentence_vectors: np.ndarray,
     cache: dict[str, np.ndarray],
+    encoder: Path,
 ) -> dict:
     # Each index picks its kind by its own size: there are ~6 sentences a passage, so the
     # sentence index needs HNSW long before the passage index does.
@@ -430,6 +437,7 @@ def _write(
         for a in articles
     ]
     (build / "articles.json").write_text(json.dumps([asdict(i) for i in infos], indent=1))
+    question_encoder = install_encoder(encoder, build)
     manifest = {
         "format_version": FORMAT_VERSION,
         "model": settings.model,
@@ -444,6 +452,7 @@ def _write(
             "sentences": len(sentence_vectors),
         },
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "question_encoder": question_encoder,
         "files": _file_records(build),
     }
     # The manifest is written last: a folder without one is never a usable index.
@@ -572,6 +581,7 @@ def index_is_current(settings: Settings) -> bool:
         return False
     return (
         manifest.get("model") == settings.model
+        and isinstance(manifest.get("question_encoder"), dict)  # older builds have none
         and manifest.get("corpus_files") == [asdict(f) for f in files]
         and manifest.get("chunking") == _chunking(settings)
     )
@@ -647,10 +657,14 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index was built with model {manifest.get('model')!r} but the settings ask for "
             f"{settings.model!r}; run `rag index` to rebuild with this model"
         )
-    if embedder is not None and manifest.get("dimension") != embedder.dimension:
+    # Without a loaded model, the question encoder the build records says what the model gives.
+    encoder = manifest.get("question_encoder")
+    recorded = encoder.get("dimension") if isinstance(encoder, dict) else None
+    gives = embedder.dimension if embedder is not None else recorded
+    if gives and manifest.get("dimension") != gives:
         raise IndexMismatchError(
             f"the index holds {manifest.get('dimension')}-dimensional vectors but the model gives "
-            f"{embedder.dimension}; run `rag index` to rebuild"
+            f"{gives}; run `rag index` to rebuild"
         )
     try:  # the embedding cache is only read by the next build, which tolerates a bad one
         verify_files(path, manifest, skip=("embedding_cache.npz",))

@@ -65,7 +65,8 @@ def one_line(result: Result, *wanted: str) -> None:
 
 
 def test_a_full_disk_during_index_and_add_gets_one_line(tmp_path: Path, embedder: Embedder) -> None:
-    with small_file_system(tmp_path / "disk", "size=2m") as disk:
+    # Room for one index with its question encoder (~90 MB), then filled.
+    with small_file_system(tmp_path / "disk", "size=160m") as disk:
         settings = Settings(corpus_dir=disk / "corpus", index_dir=disk / "index")
         settings.corpus_dir.mkdir()
         (settings.corpus_dir / "base.md").write_text(article("base", "Testing"))

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from rag.embedding import Embedder
+from rag.encoder import QuestionEncoder, load_question_encoder
 from rag.errors import RagError
 from rag.files import storage_error
 from rag.index import Index, load_index, read_manifest
@@ -20,7 +20,10 @@ log = logging.getLogger("rag.web")
 
 
 class Engine:
-    """The model and the current index shared by all requests, or why there is no index.
+    """The question encoder and the current index shared by all requests, or why there is none.
+
+    Questions are encoded by the ONNX export each index build carries
+    (`rag.encoder`): serving never imports PyTorch or sentence-transformers.
 
     A rebuilt index is noticed by `watch` (the index link or its manifest
     changed), loaded beside the current one and swapped in with one assignment:
@@ -32,7 +35,7 @@ class Engine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.embedder: Embedder | None = None
+        self.embedder: QuestionEncoder | None = None
         self.index: Index | None = None
         self.error: str | None = "the index is loading"  # why nothing is served (public)
         self.problem: str | None = None  # why the index on disk is not the one served (public)
@@ -56,10 +59,8 @@ class Engine:
             self._seen, self.problem = signature, None  # readable again, and unchanged
             return False
         try:
-            self.embedder = self.embedder or Embedder(
-                self.settings.model, onnx_dir=self.settings.model_cache_dir
-            )
-            index = load_index(self.settings, self.embedder)
+            index = load_index(self.settings)
+            encoder = load_question_encoder(index.path, index.manifest, reuse=self.embedder)
         except Exception as exc:  # any unusable index must leave the app serving, not crash it
             reason = (
                 str(exc)
@@ -75,6 +76,7 @@ class Engine:
                 self.error = self.problem
             log.error("index not loaded: %s", reason)
             return False
+        self.embedder = encoder  # the same model (load_index checks): either fits either index
         self.index, self.error, self.problem = index, None, None
         self._seen = self._loaded = signature
         log.info("index loaded from %s (%s)", index.path, index.built_at)
@@ -99,7 +101,7 @@ class Engine:
             self.load()
         self.checked = time.monotonic()
 
-    def current(self) -> tuple[Index, Embedder]:
+    def current(self) -> tuple[Index, QuestionEncoder]:
         """The index and model to answer with; 503 while there is no usable index."""
         index, embedder = self.index, self.embedder
         if index is None or embedder is None:
