@@ -364,7 +364,7 @@ def _data_option(command: Any) -> Any:
         "--data",
         "data_dir",
         type=click.Path(path_type=Path),
-        help="Data folder: feedback and API keys (default: data).",
+        help="Data folder: feedback and API keys unless RAG_DATABASE_URL is set (default: data).",
     )(command)
 
 
@@ -538,7 +538,7 @@ def keys_list_command(data_dir: Path | None) -> None:
 @_fail_cleanly
 def keys_revoke_command(name: str, data_dir: Path | None) -> None:
     """Revoke the key called NAME; requests with it are refused from now on."""
-    from rag.keys import keys_file, list_keys, revoke_key
+    from rag.keys import keys_off_hint, list_keys, revoke_key
 
     settings = _settings(data_dir=data_dir)
     revoke_key(settings, name)
@@ -546,7 +546,7 @@ def keys_revoke_command(name: str, data_dir: Path | None) -> None:
     if not list_keys(settings):
         click.echo(
             f"no keys left: the API refuses every request until a key is created "
-            f"(delete {keys_file(settings)} to turn keys off)"
+            f"({keys_off_hint(settings)})"
         )
 
 
