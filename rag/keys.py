@@ -34,7 +34,7 @@ _FORMAT_VERSION = 1
 _cache: dict[Path, tuple[tuple[int, int, int], dict[str, str]]] = {}
 
 # In the database: how long a replica trusts what it read. A key revoked on one replica
-# is refused by every other one within this time (and a query's).
+# is refused by every other one within this time and one query.
 DATABASE_CACHE_SECONDS = 0.5
 POSTGRES_COMPONENT = "api_keys"
 _POSTGRES_MIGRATIONS: tuple[str, ...] = (
