@@ -86,15 +86,63 @@ def _index_options(command: Any) -> Any:
     is_flag=True,
     help="Do nothing when the index is current (same corpus files, settings and format).",
 )
+@click.option(
+    "--worker",
+    is_flag=True,
+    help="Build nothing: embed the texts that builds on any machine queued in the database "
+    "(RAG_DATABASE_URL), batch by batch, until none is left.",
+)
+@click.option("--wait", is_flag=True, help="With --worker: keep waiting for new texts.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="With --worker: texts taken (and held) at once.",
+)
+@click.option(
+    "--no-embed",
+    is_flag=True,
+    help="With RAG_DATABASE_URL: queue the new texts and wait for workers to embed them.",
+)
 @_fail_cleanly
 def index_command(
-    corpus_dir: Path | None, index_dir: Path | None, quiet: bool, if_needed: bool
+    corpus_dir: Path | None,
+    index_dir: Path | None,
+    quiet: bool,
+    if_needed: bool,
+    worker: bool,
+    wait: bool,
+    batch: int,
+    no_embed: bool,
 ) -> None:
-    """Rebuild the index from the corpus folder (unchanged passages reuse cached embeddings)."""
+    """Rebuild the index from the corpus folder (unchanged passages reuse cached embeddings).
+
+    With RAG_DATABASE_URL the embedding cache is shared: texts no machine has embedded
+    are queued, and `rag index --worker` processes anywhere help embed them.
+    """
     from rag.corpus import finish_interrupted
     from rag.index import build_index, build_lock, index_is_current
 
     settings = _settings(corpus_dir=corpus_dir, index_dir=index_dir)
+    if (worker or no_embed) and not settings.database_url:
+        option = "--worker" if worker else "--no-embed"
+        raise click.ClickException(f"{option} needs RAG_DATABASE_URL: workers share a database")
+    if (wait or batch != 64) and not worker:
+        raise click.ClickException("--wait and --batch go with --worker")
+    if worker:
+        if no_embed or if_needed:
+            raise click.ClickException("--worker builds nothing: drop --no-embed and --if-needed")
+        from rag.embedcache import run_worker
+
+        try:
+            count = run_worker(settings, batch=batch, wait=wait, report=_note)
+        except KeyboardInterrupt:
+            raise click.ClickException(
+                "interrupted; the texts in hand stay queued for another worker"
+            ) from None
+        click.echo(f"embedded {count} texts; none left to take")
+        return
     with build_lock(settings, waiting=_note):
         finish_interrupted(settings)
         if if_needed and index_is_current(settings):
@@ -102,7 +150,9 @@ def index_command(
                 f"the index at {settings.index_dir} is up to date with {settings.corpus_dir}"
             )
             return
-        summary = build_index(settings, progress=not quiet, report=None if quiet else _note)
+        summary = build_index(
+            settings, progress=not quiet, report=None if quiet else _note, embed=not no_embed
+        )
     click.echo(
         f"indexed {summary.articles} articles, {summary.sections} sections, "
         f"{summary.passages} passages ({summary.embedded} texts embedded) "
@@ -374,7 +424,7 @@ def _data_option(command: Any) -> Any:
         "--data",
         "data_dir",
         type=click.Path(path_type=Path),
-        help="Data folder: feedback and API keys (default: data).",
+        help="Data folder: feedback and API keys unless RAG_DATABASE_URL is set (default: data).",
     )(command)
 
 
@@ -548,7 +598,7 @@ def keys_list_command(data_dir: Path | None) -> None:
 @_fail_cleanly
 def keys_revoke_command(name: str, data_dir: Path | None) -> None:
     """Revoke the key called NAME; requests with it are refused from now on."""
-    from rag.keys import keys_file, list_keys, revoke_key
+    from rag.keys import keys_off_hint, list_keys, revoke_key
 
     settings = _settings(data_dir=data_dir)
     revoke_key(settings, name)
@@ -556,7 +606,7 @@ def keys_revoke_command(name: str, data_dir: Path | None) -> None:
     if not list_keys(settings):
         click.echo(
             f"no keys left: the API refuses every request until a key is created "
-            f"(delete {keys_file(settings)} to turn keys off)"
+            f"({keys_off_hint(settings)})"
         )
 
 

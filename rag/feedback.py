@@ -1,4 +1,10 @@
-"""Feedback: readers' verdicts on answers, kept in SQLite, exported and summed up per article."""
+"""Feedback: readers' verdicts on answers, kept in SQLite or PostgreSQL, exported and summed up.
+
+With ``RAG_DATABASE_URL`` set, every replica writes to and reads from the same tables of
+that database (component ``feedback``); otherwise the SQLite file in the data folder.
+The SQL is the same for both: written with ``?`` placeholders, run by PostgreSQL as
+``%s``.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +63,32 @@ _MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
+
+# The same schema in PostgreSQL (component "feedback"), with its own forward migrations.
+POSTGRES_COMPONENT = "feedback"
+_POSTGRES_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE feedback (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        created_at text NOT NULL,
+        question text NOT NULL,
+        answer text NOT NULL,
+        helpful smallint NOT NULL CHECK (helpful IN (0, 1)),
+        comment text NOT NULL DEFAULT '',
+        passage_ids text NOT NULL DEFAULT '[]',
+        api_key text
+    );
+    CREATE TABLE feedback_passage (
+        feedback_id bigint NOT NULL REFERENCES feedback (id) ON DELETE CASCADE,
+        position integer NOT NULL,
+        passage_id text NOT NULL,
+        article text,
+        section text,
+        PRIMARY KEY (feedback_id, position)
+    );
+    CREATE INDEX feedback_passage_article ON feedback_passage (article, section);
+    """,
+)
 
 
 class _ThreadConnections(threading.local):
@@ -160,9 +192,9 @@ def record_feedback(settings: Settings, feedback: Feedback) -> int:
     stored whole or not at all.
     """
     with _writer_slot(settings), _transaction(settings, write=True) as db:
-        feedback_id = db.execute(
+        (feedback_id,) = db.execute(
             "INSERT INTO feedback (created_at, question, answer, helpful, comment, "
-            "passage_ids, api_key) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "passage_ids, api_key) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 datetime.now(UTC).isoformat(timespec="seconds"),
                 feedback.question,
@@ -172,7 +204,7 @@ def record_feedback(settings: Settings, feedback: Feedback) -> int:
                 json.dumps(feedback.passage_ids),
                 feedback.api_key,
             ),
-        ).lastrowid
+        ).fetchone()
         db.executemany(
             "INSERT INTO feedback_passage VALUES (?, ?, ?, ?, ?)",
             [
@@ -215,7 +247,7 @@ def export_feedback(settings: Settings, format: Literal["csv", "jsonl"], out: Te
 
 def feedback_stats(settings: Settings) -> FeedbackStats:
     """Helpful rates by article and by section, worst first (then most voted)."""
-    if not settings.feedback_db.exists():
+    if not settings.database_url and not settings.feedback_db.exists():
         return FeedbackStats(0, 0, (), ())
     with _transaction(settings) as db:
         votes, helpful = db.execute(
@@ -230,7 +262,7 @@ def feedback_stats(settings: Settings) -> FeedbackStats:
         by_article = db.execute(
             f"SELECT article, NULL, COUNT(*), SUM(helpful) FROM "
             f"({cited.format(section='NULL')}) JOIN feedback ON feedback.id = feedback_id "
-            f"GROUP BY article {order}",
+            f"GROUP BY article, section {order}",
             (UNKNOWN,),
         ).fetchall()
         by_section = db.execute(
@@ -262,7 +294,7 @@ _COLUMNS = (
 
 
 def _rows(settings: Settings) -> list[dict]:
-    if not settings.feedback_db.exists():
+    if not settings.database_url and not settings.feedback_db.exists():
         return []
     with _transaction(settings) as db:  # one snapshot: a feedback written meanwhile is whole
         cited: dict[int, list[tuple[str, str | None, str | None]]] = {}
@@ -303,7 +335,12 @@ def _spreadsheet_safe(value: object) -> object:
     return value
 
 
-_writers: dict[tuple[Path, int], threading.BoundedSemaphore] = {}
+_writers: dict[tuple[Path | str, int], threading.BoundedSemaphore] = {}
+
+
+def _where(settings: Settings) -> str:
+    """The feedback database as messages name it (never the URL: it may hold a password)."""
+    return "in PostgreSQL" if settings.database_url else str(settings.feedback_db)
 
 
 @contextmanager
@@ -311,14 +348,15 @@ def _writer_slot(settings: Settings) -> Iterator[None]:
     """One of this process's ``feedback_max_writers`` places to write; refused when all are taken.
 
     SQLite lets one writer in at a time, so more waiting in one process would
-    only hold more of the web server's threads while the database is locked.
+    only hold more of the web server's threads while the database is locked;
+    PostgreSQL too holds a writer on a locked table, and each one a connection.
     """
-    key = (settings.feedback_db, settings.feedback_max_writers)
+    key = (settings.database_url or settings.feedback_db, settings.feedback_max_writers)
     with _SETUP:
         slots = _writers.setdefault(key, threading.BoundedSemaphore(key[1]))
     if not slots.acquire(blocking=False):
         raise RagError(
-            f"the feedback database {settings.feedback_db} is busy "
+            f"the feedback database {_where(settings)} is busy "
             f"({settings.feedback_max_writers} feedback writes are waiting); try again"
         )
     try:
@@ -330,6 +368,10 @@ def _writer_slot(settings: Settings) -> Iterator[None]:
 @contextmanager
 def _transaction(settings: Settings, *, write: bool = False) -> Iterator[sqlite3.Connection]:
     """A transaction on this thread's connection, committed when the block ends."""
+    if settings.database_url:
+        with _postgres_transaction(settings, write=write) as db:
+            yield db  # type: ignore[misc]
+        return
     db = _connection(settings)
     try:
         db.execute(f"PRAGMA busy_timeout = {int(settings.feedback_busy_timeout_seconds * 1000)}")
@@ -351,6 +393,52 @@ def _transaction(settings: Settings, *, write: bool = False) -> Iterator[sqlite3
         raise RagError(f"the feedback database {settings.feedback_db} failed: {exc}") from None
     except sqlite3.Error as exc:
         raise RagError(f"the feedback database {settings.feedback_db} failed: {exc}") from None
+
+
+class _Postgres:
+    """A PostgreSQL connection that runs the SQLite-style SQL of this module (``?`` as ``%s``)."""
+
+    def __init__(self, connection: object) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: tuple | list = ()):
+        return self._connection.execute(sql.replace("?", "%s"), params)  # type: ignore[attr-defined]
+
+    def executemany(self, sql: str, rows: list[tuple]) -> None:
+        with self._connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
+
+@contextmanager
+def _postgres_transaction(settings: Settings, *, write: bool) -> Iterator[_Postgres]:
+    """A transaction on a pooled connection; a write gives up after the busy timeout.
+
+    ``lock_timeout`` bounds the wait for a table another session has locked and
+    ``statement_timeout`` a write the server is slow to finish; both end the
+    transaction (nothing half-stored) and say to try again.
+    """
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from rag.dbpool import shared_pool
+
+    wait = settings.feedback_busy_timeout_seconds
+    busy = RagError(
+        f"the feedback database in PostgreSQL is busy (a write waited over {wait:g} s); try again"
+    )
+    try:
+        pool = shared_pool(settings.database_url, POSTGRES_COMPONENT, _POSTGRES_MIGRATIONS)
+        with pool.connection(timeout=wait) as connection:
+            milliseconds = max(1, int(wait * 1000))
+            connection.execute(f"SET LOCAL lock_timeout = {milliseconds}")
+            if write:
+                connection.execute(f"SET LOCAL statement_timeout = {milliseconds}")
+            yield _Postgres(connection)  # committed as the pool takes the connection back
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled, PoolTimeout):
+        raise busy from None
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RagError(f"the feedback database in PostgreSQL failed: {reason}") from None
 
 
 def _connection(settings: Settings) -> sqlite3.Connection:

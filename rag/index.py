@@ -23,6 +23,7 @@ import faiss
 import numpy as np
 
 from rag.chunking import Passage, chunk_articles
+from rag.embedcache import cached_embeddings
 from rag.embedding import Embedder, text_key
 from rag.encoder import exported_encoder, install_encoder
 from rag.errors import CorpusError, IndexMismatchError, IndexMissingError, RagError
@@ -177,6 +178,7 @@ def build_index(
     changes: Mapping[str, bytes | None] | None = None,
     on_swap: Callable[[], None] | None = None,
     report: Callable[[str], None] | None = None,
+    embed: bool = True,
 ) -> BuildSummary:
     """Read the corpus, embed it and swap the new index in atomically.
 
@@ -188,11 +190,13 @@ def build_index(
 
     ``changes`` builds the corpus as it will be: file name to new bytes (None:
     the file is gone); ``on_swap`` runs right after the swap, with SIGTERM and
-    SIGINT held off, to make the corpus folder match.
+    SIGINT held off, to make the corpus folder match. With a database, ``embed=False``
+    leaves the embedding of new texts to ``rag index --worker`` processes (see
+    `rag.embedcache`).
     """
     with build_lock(settings, waiting=report):
         try:
-            return _build(settings, embedder, progress, changes or {}, on_swap, report)
+            return _build(settings, embedder, progress, changes or {}, on_swap, report, embed)
         except OSError as exc:
             raise storage_error(exc, "the index in use was not changed") from None
 
@@ -204,6 +208,7 @@ def _build(
     changes: Mapping[str, bytes | None],
     on_swap: Callable[[], None] | None,
     report: Callable[[str], None] | None,
+    embed: bool = True,
 ) -> BuildSummary:
     say = report or (lambda message: None)
     started = time.perf_counter()
@@ -213,16 +218,17 @@ def _build(
     sentences = [s for p in passages for s in p.sentence_texts()]
     texts = [p.indexed_text for p in passages] + sentences
     keys = [text_key(settings.model, t) for t in texts]
-    cache = _load_cache(settings.index_dir)
-    missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cache}
-    say(
-        f"read {len(files)} files: {len(articles)} articles, {len(passages)} passages; "
-        f"{len(missing)} of {len(texts)} texts to embed"
+    cache, embedded = cached_embeddings(
+        settings,
+        keys,
+        texts,
+        embedder,
+        lambda: _load_cache(settings.index_dir),
+        heading=f"read {len(files)} files: {len(articles)} articles, {len(passages)} passages",
+        report=say,
+        progress=progress,
+        embed=embed,
     )
-    if missing:  # the model is loaded only when something is new: warm rebuilds skip it
-        embedder = embedder or Embedder(settings.model)
-        fresh = embedder.encode(list(missing.values()), progress=progress)
-        cache.update(zip(missing, fresh, strict=True))
     vectors = np.stack([cache[k] for k in keys]).astype(np.float32)
     passage_vectors, sentence_vectors = vectors[: len(passages)], vectors[len(passages) :]
     # Keep only what this build uses, so the cache does not grow with every edit.
@@ -269,7 +275,7 @@ def _build(
         sections=sum(len(a.sections) for a in articles),
         passages=len(passages),
         sentences=len(sentences),
-        embedded=len(missing),
+        embedded=embedded,
         seconds=time.perf_counter() - started,
         path=build,
     )

@@ -1,4 +1,7 @@
-"""Feedback storage: round trip, migrations, validation, concurrent writers, export and stats."""
+"""Feedback storage: round trip, migrations, validation, concurrent writers, export and stats.
+
+The behaviour tests run over both stores: the SQLite file and PostgreSQL (``RAG_DATABASE_URL``).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,15 @@ import io
 import json
 import sqlite3
 import threading
+import time
+from collections.abc import Iterator
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
 from rag.cli import cli
+from rag.dbpool import close_pool
 from rag.errors import InputError, RagError
 from rag.feedback import (
     SCHEMA_VERSION,
@@ -22,6 +29,18 @@ from rag.feedback import (
     record_feedback,
 )
 from rag.settings import Settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tiny_settings: Settings) -> Iterator[Settings]:
+    """``tiny_settings`` with feedback in the SQLite file, or in a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield tiny_settings
+        return
+    url = request.getfixturevalue("database_url")
+    yield tiny_settings.with_(database_url=url)
+    close_pool(url)
+    assert not tiny_settings.feedback_db.exists(), "feedback went to the file, not the database"
 
 
 def _feedback(helpful: bool = True, **changes: object) -> Feedback:
@@ -37,23 +56,28 @@ def _feedback(helpful: bool = True, **changes: object) -> Feedback:
     return Feedback(**values)  # type: ignore[arg-type]
 
 
+def _runner(settings: Settings) -> CliRunner:
+    """The CLI with the same store as ``settings`` (``RAG_DATABASE_URL`` set or unset)."""
+    return CliRunner(env={"RAG_DATABASE_URL": settings.database_url or None})
+
+
 def _export(settings: Settings, format: str) -> str:
     out = io.StringIO()
     export_feedback(settings, format, out)  # type: ignore[arg-type]
     return out.getvalue()
 
 
-def test_round_trip_through_jsonl(tiny_settings: Settings) -> None:
-    first = record_feedback(tiny_settings, _feedback(comment="  Clear and sourced. "))
+def test_round_trip_through_jsonl(store: Settings) -> None:
+    first = record_feedback(store, _feedback(comment="  Clear and sourced. "))
     second = record_feedback(
-        tiny_settings,
+        store,
         Feedback("Is Python needed?", "Yes.", ["p9"], False, api_key="mobile"),
     )
 
-    rows = [json.loads(line) for line in _export(tiny_settings, "jsonl").splitlines()]
+    rows = [json.loads(line) for line in _export(store, "jsonl").splitlines()]
 
     assert (first, second) == (1, 2)
-    assert tiny_settings.feedback_db.exists()
+    assert store.feedback_db.exists() is not bool(store.database_url)  # no file beside it
     assert [{k: v for k, v in row.items() if k != "created_at"} for row in rows] == [
         {
             "id": 1,
@@ -152,13 +176,13 @@ def test_invalid_feedback_is_rejected(changes: dict[str, object], message: str) 
         _feedback(**changes)
 
 
-def test_concurrent_writers_lose_nothing(tiny_settings: Settings) -> None:
+def test_concurrent_writers_lose_nothing(store: Settings) -> None:
     errors: list[BaseException] = []
 
     def write(thread: int) -> None:
         try:
             for n in range(200):
-                record_feedback(tiny_settings, _feedback(n % 2 == 0, question=f"t{thread} q{n}"))
+                record_feedback(store, _feedback(n % 2 == 0, question=f"t{thread} q{n}"))
         except BaseException as exc:  # reported below: a thread's exception is otherwise lost
             errors.append(exc)
 
@@ -169,16 +193,16 @@ def test_concurrent_writers_lose_nothing(tiny_settings: Settings) -> None:
         thread.join()
 
     assert errors == []
-    rows = [json.loads(line) for line in _export(tiny_settings, "jsonl").splitlines()]
+    rows = [json.loads(line) for line in _export(store, "jsonl").splitlines()]
     assert len(rows) == 1600
     assert {r["question"] for r in rows} == {f"t{t} q{n}" for t in range(8) for n in range(200)}
-    assert feedback_stats(tiny_settings).votes == 1600
+    assert feedback_stats(store).votes == 1600
 
 
-def test_csv_export_joins_lists_and_defuses_formulas(tiny_settings: Settings) -> None:
-    record_feedback(tiny_settings, _feedback(comment='=HYPERLINK("http://x")'))
+def test_csv_export_joins_lists_and_defuses_formulas(store: Settings) -> None:
+    record_feedback(store, _feedback(comment='=HYPERLINK("http://x")'))
 
-    rows = list(csv.reader(io.StringIO(_export(tiny_settings, "csv"))))
+    rows = list(csv.reader(io.StringIO(_export(store, "csv"))))
 
     assert rows[0] == [
         "id",
@@ -205,20 +229,20 @@ def test_csv_export_joins_lists_and_defuses_formulas(tiny_settings: Settings) ->
     ]
 
 
-def test_export_of_no_feedback_is_a_header_only(tiny_settings: Settings) -> None:
-    assert _export(tiny_settings, "csv").splitlines() == [
+def test_export_of_no_feedback_is_a_header_only(store: Settings) -> None:
+    assert _export(store, "csv").splitlines() == [
         '"id","created_at","helpful","question","answer","comment","passage_ids","articles",'
         '"sections","api_key"'
     ]
-    assert _export(tiny_settings, "jsonl") == ""
+    assert _export(store, "jsonl") == ""
     with pytest.raises(InputError, match="format must be one of csv, jsonl"):
-        _export(tiny_settings, "xml")
+        _export(store, "xml")
 
 
-def test_stats_put_the_worst_article_and_section_first(tiny_settings: Settings) -> None:
+def test_stats_put_the_worst_article_and_section_first(store: Settings) -> None:
     def vote(helpful: bool, *cited: tuple[str, str]) -> None:
         record_feedback(
-            tiny_settings,
+            store,
             _feedback(
                 helpful,
                 passage_ids=[f"p{n}" for n in range(len(cited))],
@@ -232,9 +256,9 @@ def test_stats_put_the_worst_article_and_section_first(tiny_settings: Settings) 
     vote(False, ("Salaries", "Skills"))
     vote(False, ("Roadmap", "Start"), ("Salaries", "Pay"))
     vote(True, ("Roadmap", "Start"))
-    record_feedback(tiny_settings, Feedback("Hi?", "No answer.", (), False))
+    record_feedback(store, Feedback("Hi?", "No answer.", (), False))
 
-    stats = feedback_stats(tiny_settings)
+    stats = feedback_stats(store)
 
     assert (stats.votes, stats.helpful) == (7, 4)
     assert stats.by_article == (
@@ -249,9 +273,9 @@ def test_stats_put_the_worst_article_and_section_first(tiny_settings: Settings) 
     assert stats.by_section[-1].rate == 0.75
 
 
-def test_stats_of_no_feedback_are_empty(tiny_settings: Settings) -> None:
-    assert feedback_stats(tiny_settings).by_article == ()
-    assert not tiny_settings.feedback_db.exists()
+def test_stats_of_no_feedback_are_empty(store: Settings) -> None:
+    assert feedback_stats(store).by_article == ()
+    assert not store.feedback_db.exists()
 
 
 def test_a_database_deleted_while_in_use_is_created_again(tiny_settings: Settings) -> None:
@@ -263,12 +287,12 @@ def test_a_database_deleted_while_in_use_is_created_again(tiny_settings: Setting
     assert len(_export(tiny_settings, "jsonl").splitlines()) == 1
 
 
-def test_cli_exports_and_sums_up_feedback(tiny_settings: Settings) -> None:
-    record_feedback(tiny_settings, _feedback(True, articles=("Roadmap", "Salaries")))
-    record_feedback(tiny_settings, _feedback(False, comment="wrong figure"))
-    runner = CliRunner()
-    data = ["--data", str(tiny_settings.data_dir)]
-    output = tiny_settings.data_dir / "export.jsonl"
+def test_cli_exports_and_sums_up_feedback(store: Settings) -> None:
+    record_feedback(store, _feedback(True, articles=("Roadmap", "Salaries")))
+    record_feedback(store, _feedback(False, comment="wrong figure"))
+    runner = _runner(store)
+    data = ["--data", str(store.data_dir)]
+    output = store.data_dir.parent / "export.jsonl"
 
     as_csv = runner.invoke(cli, ["feedback", "export", "--format", "csv", *data])
     to_file = runner.invoke(
@@ -305,8 +329,71 @@ def test_cli_exports_and_sums_up_feedback(tiny_settings: Settings) -> None:
     ]
 
 
-def test_cli_stats_without_feedback(tiny_settings: Settings) -> None:
-    result = CliRunner().invoke(cli, ["feedback", "stats", "--data", str(tiny_settings.data_dir)])
+def test_cli_stats_without_feedback(store: Settings) -> None:
+    result = _runner(store).invoke(cli, ["feedback", "stats", "--data", str(store.data_dir)])
 
     assert result.exit_code == 0, result.output
     assert result.output == "no feedback yet\n"
+
+
+def test_postgresql_writes_to_a_locked_table_give_up_soon_and_are_capped(
+    tiny_settings: Settings, database_url: str
+) -> None:
+    settings = tiny_settings.with_(
+        database_url=database_url, feedback_busy_timeout_seconds=5, feedback_max_writers=2
+    )
+    record_feedback(settings, _feedback())  # the tables exist
+    outcomes: list[object] = []
+
+    def write() -> None:
+        try:
+            outcomes.append(record_feedback(settings, _feedback(False)))
+        except RagError as exc:
+            outcomes.append(exc)
+
+    with psycopg.connect(database_url) as holder:
+        holder.execute("LOCK TABLE feedback IN EXCLUSIVE MODE")  # another session's long write
+        writers = [threading.Thread(target=write, daemon=True) for _ in range(2)]
+        for writer in writers:
+            writer.start()
+        deadline = time.monotonic() + 60
+        while _waiting_on_a_lock(holder) < 2:
+            assert time.monotonic() < deadline, "the two writes never reached the lock"
+            time.sleep(0.05)
+        with pytest.raises(RagError, match=r"busy \(2 feedback writes are waiting\); try again"):
+            record_feedback(settings, _feedback())  # refused at once: both places are taken
+        for writer in writers:
+            writer.join(timeout=60)
+            assert not writer.is_alive(), "a feedback write waited on past its timeout"
+        holder.rollback()
+
+    assert [str(o) for o in outcomes] == [
+        "the feedback database in PostgreSQL is busy (a write waited over 5 s); try again"
+    ] * 2
+    assert record_feedback(settings, _feedback()) == 2  # the refused writes left nothing
+    assert [r["helpful"] for r in map(json.loads, _export(settings, "jsonl").splitlines())] == [
+        True,
+        True,
+    ]
+    close_pool(database_url)
+
+
+def _waiting_on_a_lock(db: psycopg.Connection) -> int:
+    with psycopg.connect(db.info.dsn, autocommit=True) as observer:
+        (count,) = observer.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+    return count
+
+
+def test_a_postgresql_feedback_schema_newer_than_the_code_is_refused(
+    tiny_settings: Settings, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute("CREATE TABLE rag_schema (component text PRIMARY KEY, version integer)")
+        db.execute("INSERT INTO rag_schema VALUES ('feedback', 99)")
+
+    with pytest.raises(RagError, match=r"feedback schema is version 99, newer than this release"):
+        feedback_stats(tiny_settings.with_(database_url=database_url))
+    close_pool(database_url)
