@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +96,11 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     join_probability = _join_probability(examples, oof_scores, ranker_platt, QUOTE_BUDGET)
     X = np.array([_evidence(e, s) for e, s in zip(examples, oof_scores, strict=True)])
     y = np.array([e.question.answerable for e in examples])
-    decider = _fit_linear(X, y)
+    decider = _fit_linear(X, y, groups)
     decision_oof = _out_of_fold_decisions(X, y, groups)
     platt = _platt(decision_oof, y)
     probabilities = platt_probability(platt, decision_oof)
-    threshold = _threshold(probabilities[y], FALSE_DECLINE_BUDGET)
+    threshold = _threshold(probabilities, y, groups, FALSE_DECLINE_BUDGET)
     body = {
         "format": MODEL_FORMAT,
         "ranker": {
@@ -180,14 +179,17 @@ def _fit_ranker(examples: list[Example]) -> dict:
     return _as_data(mean, scale, fitted.coef_[0], 0.0)
 
 
-def _fit_linear(X: np.ndarray, y: np.ndarray) -> dict:
-    """Standardised logistic regression (scikit-learn defaults), as plain numbers."""
+def _fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
+    """Standardised logistic regression (scikit-learn defaults), as plain numbers. Each
+    corpus weighs the same, however many questions it has."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(X)
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    model = LogisticRegression(max_iter=2000).fit((X - scaler.mean_) / scale, y)
+    names, counts = np.unique(groups, return_counts=True)
+    weights = (len(y) / len(names)) / counts[np.searchsorted(names, groups)]
+    model = LogisticRegression(max_iter=2000).fit((X - scaler.mean_) / scale, y, weights)
     return _as_data(scaler.mean_, scale, model.coef_[0], float(model.intercept_[0]))
 
 
@@ -233,7 +235,7 @@ def _evidence(example: Example, scores: np.ndarray) -> np.ndarray:
 def _out_of_fold_decisions(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
     decisions = np.zeros(len(y))
     for held in _folds(groups):
-        params = _fit_linear(X[~held], y[~held])
+        params = _fit_linear(X[~held], y[~held], groups[~held])
         decisions[held] = _score(params, X[held])
     return decisions
 
@@ -287,13 +289,22 @@ def _quoted_units(
     return len(chosen)
 
 
-def _threshold(answerable: np.ndarray, budget: float) -> float:
-    """The highest threshold that declines at most ``budget`` of answerable questions."""
-    ordered = np.sort(answerable)
-    allowed = math.floor(budget * len(ordered))
-    if allowed >= len(ordered):
-        return 1.0
-    return float(ordered[allowed])
+def _threshold(
+    probabilities: np.ndarray, answerable: np.ndarray, groups: np.ndarray, budget: float
+) -> float:
+    """The highest threshold that declines at most ``budget`` of answerable questions,
+    counted as the mean over corpora (as the figures are reported): a corpus with many
+    questions does not set the threshold for the others."""
+    names = sorted(set(groups.tolist()))
+    for threshold in np.sort(probabilities[answerable])[::-1]:
+        declined = [
+            float((probabilities[answerable & (groups == g)] < threshold).mean())
+            for g in names
+            if (answerable & (groups == g)).any()
+        ]
+        if float(np.mean(declined)) <= budget:
+            return float(threshold)
+    return 0.0
 
 
 def corpus_questions(
