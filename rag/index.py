@@ -36,6 +36,7 @@ from rag.ingest import (
     read_articles,
 )
 from rag.settings import Settings
+from rag.store import FileStore, Store
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
@@ -92,12 +93,9 @@ class Index:
     manifest: dict
     passages: tuple[Passage, ...]
     articles: tuple[ArticleInfo, ...]
-    dense: faiss.Index
+    store: Store  # what retrieval searches: FAISS and bm25s here, or PostgreSQL
     passage_vectors: np.ndarray  # the unit vectors in the dense index, row per passage
-    bm25: bm25s.BM25
-    sentence_bm25: bm25s.BM25
     sentence_vectors: np.ndarray  # one row per sentence of every passage, in order
-    sentence_dense: faiss.Index  # the same rows, searchable
     sentence_start: np.ndarray  # passage i's sentences are rows start[i]:start[i + 1]
     sentence_tokens: tuple[frozenset[str], ...]  # lexical tokens of every sentence, same order
     heading_tokens: tuple[frozenset[str], ...]  # tokens of each passage's title and section path
@@ -115,6 +113,10 @@ class Index:
     @property
     def built_at(self) -> str:
         return self.manifest["built_at"]
+
+    @property
+    def generation(self) -> str:
+        return self.store.generation
 
 
 def builds_dir(index_dir: Path) -> Path:
@@ -659,6 +661,22 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index at {path} cannot be read ({exc.strerror}); "
             "check the folder's permissions or run `rag index`"
         ) from None
+    return load_build(path, manifest)
+
+
+def passage_of(row: dict) -> Passage:
+    """A passage from its stored record (``dataclasses.asdict`` of it, through JSON)."""
+    return Passage(
+        **{
+            **row,
+            "sentences": tuple(tuple(s) for s in row["sentences"]),
+            "shapes": tuple(Shape.from_dict(s) for s in row.get("shapes", ())),
+        }
+    )
+
+
+def load_build(path: Path, manifest: dict) -> Index:
+    """The index of a verified build folder, with its FAISS and bm25s store."""
     try:
         dense = faiss.read_index(str(path / "dense.faiss"))
         passage_vectors = np.load(path / "passage_vectors.npy")
@@ -667,13 +685,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         sentence_vectors = np.load(path / "sentences.npy").astype(np.float32)
         sentence_dense = faiss.read_index(str(path / "sentences.faiss"))
         passages = tuple(
-            Passage(
-                **{
-                    **row,
-                    "sentences": tuple(tuple(s) for s in row["sentences"]),
-                    "shapes": tuple(Shape.from_dict(s) for s in row.get("shapes", ())),
-                }
-            )
+            passage_of(row)
             for row in map(json.loads, (path / "passages.jsonl").read_text("utf-8").splitlines())
         )
         articles = tuple(
@@ -701,6 +713,21 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index at {path} is inconsistent (its files disagree on sizes); "
             "run `rag index` to rebuild"
         )
+    store = FileStore(dense, sentence_dense, bm25, sentence_bm25, starts, path.name)
+    return assemble(manifest, passages, articles, store, passage_vectors, sentence_vectors, path)
+
+
+def assemble(
+    manifest: dict,
+    passages: tuple[Passage, ...],
+    articles: tuple[ArticleInfo, ...],
+    store: Store,
+    passage_vectors: np.ndarray,
+    sentence_vectors: np.ndarray,
+    path: Path,
+) -> Index:
+    """An index from its records, vectors and store, with the lexical tables answering reads."""
+    starts = np.cumsum([0, *(len(p.sentences) for p in passages)])
     sentence_tokens = tuple(frozenset(tokenize(t)) for p in passages for t in p.sentence_texts())
     heading_tokens = tuple(
         frozenset(tokenize(f"{p.article_title} {p.section_path}")) for p in passages
@@ -716,12 +743,9 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         manifest,
         passages,
         articles,
-        dense,
+        store,
         passage_vectors,
-        bm25,
-        sentence_bm25,
         sentence_vectors,
-        sentence_dense,
         starts,
         sentence_tokens,
         heading_tokens,
