@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bm25s
 import faiss
@@ -37,6 +38,9 @@ from rag.ingest import (
 )
 from rag.settings import Settings
 from rag.store import FileStore, Store
+
+if TYPE_CHECKING:
+    from rag.pgstore import GenerationWriter
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
@@ -164,7 +168,13 @@ def build_lock(settings: Settings, waiting: Callable[[str], None] | None = None)
             pass
         held.add(path)
         try:
-            yield
+            if settings.database_url:  # builds on other machines share the database
+                from rag import pgstore
+
+                with pgstore.build_lock(settings, waiting):
+                    yield
+            else:
+                yield
         finally:
             held.discard(path)
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -248,11 +258,17 @@ def _build(
             cache,
         )
         verify_files(build, manifest)
-        with _signals_held():
-            _swap_in(settings.index_dir, build)
-            swapped = True
-            if on_swap is not None:
-                on_swap()
+        with _generation_writer(settings) as writer:
+            if writer is not None:
+                say("writing the index to the database")
+                writer.write(load_build(build, manifest))
+            with _signals_held():
+                if writer is not None:
+                    writer.activate()  # the database's swap: every replica moves to it
+                _swap_in(settings.index_dir, build)
+                swapped = True
+                if on_swap is not None:
+                    on_swap()
     except BaseException as exc:
         if not swapped:
             shutil.rmtree(build, ignore_errors=True)
@@ -260,6 +276,10 @@ def _build(
             exc.filename = str(build)  # numpy's writes do not say which file failed
         raise
     _prune(root, keep=build)
+    if settings.database_url:
+        from rag import pgstore
+
+        pgstore.prune(settings)
     return BuildSummary(
         articles=len(articles),
         sections=sum(len(a.sections) for a in articles),
@@ -269,6 +289,18 @@ def _build(
         seconds=time.perf_counter() - started,
         path=build,
     )
+
+
+@contextmanager
+def _generation_writer(settings: Settings) -> Iterator[GenerationWriter | None]:
+    """The database transaction a build writes its generation in, when there is a database."""
+    if not settings.database_url:
+        yield None
+        return
+    from rag.pgstore import GenerationWriter
+
+    with GenerationWriter(settings) as writer:
+        yield writer
 
 
 @contextmanager
@@ -567,8 +599,13 @@ def index_is_current(settings: Settings) -> bool:
     """Whether the index was built, in this format, with these settings, from the corpus
     folder as it is now (same files, same SHA-256): rebuilding it would change nothing."""
     try:
-        manifest = read_manifest(settings.index_dir)
-        verify_files(settings.index_dir, manifest)
+        if settings.database_url:
+            from rag.pgstore import active_manifest
+
+            manifest = active_manifest(settings) or {}
+        else:
+            manifest = read_manifest(settings.index_dir)
+            verify_files(settings.index_dir, manifest)
         files = [CorpusFile.of(p, p.read_bytes()) for p in corpus_files(settings.corpus_dir)]
     except (RagError, OSError):
         return False
@@ -641,9 +678,29 @@ def _well_formed(manifest: dict) -> bool:
 
 
 def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
-    """Load the index read-only, checking it against the settings and its own manifest."""
+    """Load the index read-only, checking it against the settings and its own manifest.
+
+    With a database (``RAG_DATABASE_URL``) this is its active generation, searched there.
+    """
+    if settings.database_url:
+        from rag.pgstore import load_active
+
+        return load_active(settings, embedder)
     path = settings.index_dir.resolve()
     manifest = read_manifest(path)
+    check_manifest(settings, manifest, embedder)
+    try:  # the embedding cache is only read by the next build, which tolerates a bad one
+        verify_files(path, manifest, skip=("embedding_cache.npz",))
+    except OSError as exc:
+        raise IndexMismatchError(
+            f"the index at {path} cannot be read ({exc.strerror}); "
+            "check the folder's permissions or run `rag index`"
+        ) from None
+    return load_build(path, manifest)
+
+
+def check_manifest(settings: Settings, manifest: dict, embedder: Embedder | None) -> None:
+    """Refuse an index built with another model, or of another dimension than the model's."""
     if manifest.get("model") != settings.model:
         raise IndexMismatchError(
             f"the index was built with model {manifest.get('model')!r} but the settings ask for "
@@ -654,14 +711,6 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index holds {manifest.get('dimension')}-dimensional vectors but the model gives "
             f"{embedder.dimension}; run `rag index` to rebuild"
         )
-    try:  # the embedding cache is only read by the next build, which tolerates a bad one
-        verify_files(path, manifest, skip=("embedding_cache.npz",))
-    except OSError as exc:
-        raise IndexMismatchError(
-            f"the index at {path} cannot be read ({exc.strerror}); "
-            "check the folder's permissions or run `rag index`"
-        ) from None
-    return load_build(path, manifest)
 
 
 def passage_of(row: dict) -> Passage:
