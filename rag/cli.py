@@ -116,7 +116,8 @@ def _load(settings: Settings) -> tuple[Any, Any]:
     from rag.index import load_index, read_manifest
     from rag.retrieval import use_one_thread
 
-    read_manifest(settings.index_dir)
+    if not settings.database_url:  # a database's index is checked as it loads
+        read_manifest(settings.index_dir)
     use_one_thread()
     embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
     return load_index(settings, embedder), embedder
