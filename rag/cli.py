@@ -163,15 +163,16 @@ def index_command(
 def _load(settings: Settings) -> tuple[Any, Any]:
     """The index and its question encoder (PyTorch only for an index built without one)."""
     from rag.embedding import Embedder
-    from rag.encoder import load_question_encoder
+    from rag.encoder import index_encoder
     from rag.index import load_index, read_manifest
     from rag.retrieval import use_one_thread
 
-    manifest = read_manifest(settings.index_dir)
     use_one_thread()
-    if "question_encoder" in manifest:
+    # A database's index is checked as it loads; its encoder is this machine's export.
+    manifest = {} if settings.database_url else read_manifest(settings.index_dir)
+    if settings.database_url or "question_encoder" in manifest:
         index = load_index(settings)
-        return index, load_question_encoder(index.path, index.manifest)
+        return index, index_encoder(settings, index)
     embedder = Embedder(settings.model, onnx_dir=settings.model_cache_dir)
     return load_index(settings, embedder), embedder
 

@@ -28,6 +28,8 @@ from rag.errors import IndexMismatchError
 
 if TYPE_CHECKING:
     from rag.embedding import Embedder
+    from rag.index import Index
+    from rag.settings import Settings
 
 ENCODER_DIR = "encoder"  # inside a build folder
 NETWORK = "model.onnx"
@@ -95,6 +97,34 @@ def open_export(folder: Path) -> QuestionEncoder:
     """The question encoder of an export folder (see `exported_encoder`)."""
     description = json.loads((folder / DESCRIPTION).read_text())
     return QuestionEncoder(folder, {**description, "sha256": description["sha256"][NETWORK]})
+
+
+def index_encoder(settings: Settings, index: Index, reuse: object | None = None) -> QuestionEncoder:
+    """The question encoder of a loaded index.
+
+    A build in files carries its export. A generation in the database carries no
+    files: each machine uses its own export of the same model under its
+    ``model_cache_dir``, made once by `rag index` there or, failing that, on the first
+    load (the one time serving there loads PyTorch).
+    """
+    if not settings.database_url:
+        return load_question_encoder(index.path, index.manifest, reuse=reuse)
+    if isinstance(reuse, QuestionEncoder) and reuse.model_name == index.manifest.get("model"):
+        return reuse
+
+    def model() -> Embedder:
+        from rag.embedding import Embedder
+
+        return Embedder(settings.model)
+
+    encoder = open_export(exported_encoder(settings.model_cache_dir, settings.model, model))
+    if encoder.dimension != index.manifest.get("dimension"):
+        raise IndexMismatchError(
+            f"the database's index holds {index.manifest.get('dimension')}-dimensional "
+            f"vectors but this machine's question encoder gives {encoder.dimension}; "
+            "run `rag index` with the same RAG_MODEL"
+        )
+    return encoder
 
 
 def load_question_encoder(

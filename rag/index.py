@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bm25s
 import faiss
@@ -38,6 +39,10 @@ from rag.ingest import (
     read_articles,
 )
 from rag.settings import Settings
+from rag.store import FileStore, Store
+
+if TYPE_CHECKING:
+    from rag.pgstore import GenerationWriter
 from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
@@ -94,12 +99,9 @@ class Index:
     manifest: dict
     passages: tuple[Passage, ...]
     articles: tuple[ArticleInfo, ...]
-    dense: faiss.Index
+    store: Store  # what retrieval searches: FAISS and bm25s here, or PostgreSQL
     passage_vectors: np.ndarray  # the unit vectors in the dense index, row per passage
-    bm25: bm25s.BM25
-    sentence_bm25: bm25s.BM25
     sentence_vectors: np.ndarray  # one row per sentence of every passage, in order
-    sentence_dense: faiss.Index  # the same rows, searchable
     sentence_start: np.ndarray  # passage i's sentences are rows start[i]:start[i + 1]
     sentence_tokens: tuple[frozenset[str], ...]  # lexical tokens of every sentence, same order
     heading_tokens: tuple[frozenset[str], ...]  # tokens of each passage's title and section path
@@ -117,6 +119,10 @@ class Index:
     @property
     def built_at(self) -> str:
         return self.manifest["built_at"]
+
+    @property
+    def generation(self) -> str:
+        return self.store.generation
 
 
 def builds_dir(index_dir: Path) -> Path:
@@ -164,7 +170,13 @@ def build_lock(settings: Settings, waiting: Callable[[str], None] | None = None)
             pass
         held.add(path)
         try:
-            yield
+            if settings.database_url:  # builds on other machines share the database
+                from rag import pgstore
+
+                with pgstore.build_lock(settings, waiting):
+                    yield
+            else:
+                yield
         finally:
             held.discard(path)
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -258,11 +270,17 @@ def _build(
             encoder,
         )
         verify_files(build, manifest)
-        with _signals_held():
-            _swap_in(settings.index_dir, build)
-            swapped = True
-            if on_swap is not None:
-                on_swap()
+        with _generation_writer(settings) as writer:
+            if writer is not None:
+                say("writing the index to the database")
+                writer.write(load_build(build, manifest))
+            with _signals_held():
+                if writer is not None:
+                    writer.activate()  # the database's swap: every replica moves to it
+                _swap_in(settings.index_dir, build)
+                swapped = True
+                if on_swap is not None:
+                    on_swap()
     except BaseException as exc:
         if not swapped:
             shutil.rmtree(build, ignore_errors=True)
@@ -270,6 +288,10 @@ def _build(
             exc.filename = str(build)  # numpy's writes do not say which file failed
         raise
     _prune(root, keep=build)
+    if settings.database_url:
+        from rag import pgstore
+
+        pgstore.prune(settings)
     return BuildSummary(
         articles=len(articles),
         sections=sum(len(a.sections) for a in articles),
@@ -279,6 +301,18 @@ def _build(
         seconds=time.perf_counter() - started,
         path=build,
     )
+
+
+@contextmanager
+def _generation_writer(settings: Settings) -> Iterator[GenerationWriter | None]:
+    """The database transaction a build writes its generation in, when there is a database."""
+    if not settings.database_url:
+        yield None
+        return
+    from rag.pgstore import GenerationWriter
+
+    with GenerationWriter(settings) as writer:
+        yield writer
 
 
 @contextmanager
@@ -580,8 +614,13 @@ def index_is_current(settings: Settings) -> bool:
     """Whether the index was built, in this format, with these settings, from the corpus
     folder as it is now (same files, same SHA-256): rebuilding it would change nothing."""
     try:
-        manifest = read_manifest(settings.index_dir)
-        verify_files(settings.index_dir, manifest)
+        if settings.database_url:
+            from rag.pgstore import active_manifest
+
+            manifest = active_manifest(settings) or {}
+        else:
+            manifest = read_manifest(settings.index_dir)
+            verify_files(settings.index_dir, manifest)
         files = [CorpusFile.of(p, p.read_bytes()) for p in corpus_files(settings.corpus_dir)]
     except (RagError, OSError):
         return False
@@ -655,9 +694,29 @@ def _well_formed(manifest: dict) -> bool:
 
 
 def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
-    """Load the index read-only, checking it against the settings and its own manifest."""
+    """Load the index read-only, checking it against the settings and its own manifest.
+
+    With a database (``RAG_DATABASE_URL``) this is its active generation, searched there.
+    """
+    if settings.database_url:
+        from rag.pgstore import load_active
+
+        return load_active(settings, embedder)
     path = settings.index_dir.resolve()
     manifest = read_manifest(path)
+    check_manifest(settings, manifest, embedder)
+    try:  # the embedding cache is only read by the next build, which tolerates a bad one
+        verify_files(path, manifest, skip=("embedding_cache.npz",))
+    except OSError as exc:
+        raise IndexMismatchError(
+            f"the index at {path} cannot be read ({exc.strerror}); "
+            "check the folder's permissions or run `rag index`"
+        ) from None
+    return load_build(path, manifest)
+
+
+def check_manifest(settings: Settings, manifest: dict, embedder: Embedder | None) -> None:
+    """Refuse an index built with another model, or of another dimension than the model's."""
     if manifest.get("model") != settings.model:
         raise IndexMismatchError(
             f"the index was built with model {manifest.get('model')!r} but the settings ask for "
@@ -672,13 +731,21 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index holds {manifest.get('dimension')}-dimensional vectors but the model gives "
             f"{gives}; run `rag index` to rebuild"
         )
-    try:  # the embedding cache is only read by the next build, which tolerates a bad one
-        verify_files(path, manifest, skip=("embedding_cache.npz",))
-    except OSError as exc:
-        raise IndexMismatchError(
-            f"the index at {path} cannot be read ({exc.strerror}); "
-            "check the folder's permissions or run `rag index`"
-        ) from None
+
+
+def passage_of(row: dict) -> Passage:
+    """A passage from its stored record (``dataclasses.asdict`` of it, through JSON)."""
+    return Passage(
+        **{
+            **row,
+            "sentences": tuple(tuple(s) for s in row["sentences"]),
+            "shapes": tuple(Shape.from_dict(s) for s in row.get("shapes", ())),
+        }
+    )
+
+
+def load_build(path: Path, manifest: dict) -> Index:
+    """The index of a verified build folder, with its FAISS and bm25s store."""
     try:
         dense = faiss.read_index(str(path / "dense.faiss"))
         passage_vectors = np.load(path / "passage_vectors.npy")
@@ -687,13 +754,7 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         sentence_vectors = np.load(path / "sentences.npy").astype(np.float32)
         sentence_dense = faiss.read_index(str(path / "sentences.faiss"))
         passages = tuple(
-            Passage(
-                **{
-                    **row,
-                    "sentences": tuple(tuple(s) for s in row["sentences"]),
-                    "shapes": tuple(Shape.from_dict(s) for s in row.get("shapes", ())),
-                }
-            )
+            passage_of(row)
             for row in map(json.loads, (path / "passages.jsonl").read_text("utf-8").splitlines())
         )
         articles = tuple(
@@ -721,6 +782,21 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
             f"the index at {path} is inconsistent (its files disagree on sizes); "
             "run `rag index` to rebuild"
         )
+    store = FileStore(dense, sentence_dense, bm25, sentence_bm25, starts, path.name)
+    return assemble(manifest, passages, articles, store, passage_vectors, sentence_vectors, path)
+
+
+def assemble(
+    manifest: dict,
+    passages: tuple[Passage, ...],
+    articles: tuple[ArticleInfo, ...],
+    store: Store,
+    passage_vectors: np.ndarray,
+    sentence_vectors: np.ndarray,
+    path: Path,
+) -> Index:
+    """An index from its records, vectors and store, with the lexical tables answering reads."""
+    starts = np.cumsum([0, *(len(p.sentences) for p in passages)])
     sentence_tokens = tuple(frozenset(tokenize(t)) for p in passages for t in p.sentence_texts())
     heading_tokens = tuple(
         frozenset(tokenize(f"{p.article_title} {p.section_path}")) for p in passages
@@ -736,12 +812,9 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
         manifest,
         passages,
         articles,
-        dense,
+        store,
         passage_vectors,
-        bm25,
-        sentence_bm25,
         sentence_vectors,
-        sentence_dense,
         starts,
         sentence_tokens,
         heading_tokens,

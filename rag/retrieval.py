@@ -1,4 +1,4 @@
-"""Retrieval: dense (FAISS) and BM25 search fused by reciprocal rank, minus near-duplicates."""
+"""Retrieval: dense and BM25 search (through the index's store) fused by reciprocal rank."""
 
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ def retrieve(
 ) -> list[Hit]:
     """The ``top_k`` best passages for a query, best first.
 
-    Four ranked lists are fused by reciprocal rank: passages by embedding
-    (FAISS), passages by their best sentence's embedding, passages by BM25,
+    Four ranked lists are fused by reciprocal rank: passages by embedding,
+    passages by their best sentence's embedding, passages by BM25,
     and passages by their best sentence's BM25. Whole passages catch topical
     matches; single sentences catch the one line that answers inside a passage
     about something else. ``allowed`` masks passages before ranking, so a
@@ -141,19 +141,19 @@ def retrieve(
     depth = min(CANDIDATES, total if allowed is None else int(allowed.sum()))
     if depth == 0:
         return []
-    starts = index.sentence_start[:-1]
+    store = index.store
     lists: list[np.ndarray] = []
     sentence_lists: list[np.ndarray] = []
-    dense = _dense_search(index, query.vector, depth, allowed)
+    dense = store.nearest_passages(query.vector, depth, allowed)
     if mode in ("hybrid", "dense"):
-        lists.append(np.fromiter(dense, dtype=np.int64))
-        sentence_lists.append(_best_sentence_passages(index, query.vector, depth, allowed))
+        lists.append(_positions(dense))
+        sentence_lists.append(
+            _positions(store.nearest_sentence_passages(query.vector, depth, allowed))
+        )
     if mode in ("hybrid", "bm25") and query.tokens:
         tokens = [*query.tokens, *query.synonyms]
-        lists.append(_top(index.bm25.get_scores(tokens), depth, allowed, positive=True))
-        sentence_scores = index.sentence_bm25.get_scores(tokens)
-        best = np.maximum.reduceat(sentence_scores, starts)
-        sentence_lists.append(_top(best, depth, allowed, positive=True))
+        lists.append(_positions(store.lexical_passages(tokens, depth, allowed)))
+        sentence_lists.append(_positions(store.lexical_sentence_passages(tokens, depth, allowed)))
     fused: dict[int, float] = {}
     for ranked in lists + sentence_lists:
         for rank, position in enumerate(ranked.tolist()):
@@ -189,39 +189,8 @@ def retrieve(
     return hits
 
 
-def _top(
-    scores: np.ndarray, depth: int, allowed: np.ndarray | None, positive: bool = False
-) -> np.ndarray:
-    if allowed is not None:
-        scores = np.where(allowed, scores, -np.inf)
-    order = np.argsort(-scores, kind="stable")[:depth]
-    return order[scores[order] > 0] if positive else order[np.isfinite(scores[order])]
-
-
-def _best_sentence_passages(
-    index: Index, vector: np.ndarray, depth: int, allowed: np.ndarray | None
-) -> np.ndarray:
-    """Passages ordered by their best sentence's similarity, from the sentence FAISS index."""
-    params = None
-    if allowed is not None:
-        rows = np.flatnonzero(np.repeat(allowed, np.diff(index.sentence_start)))
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
-    # Several sentences of one passage may come first: look deeper than `depth`.
-    _, rows = index.sentence_dense.search(vector[None, :], depth * 4, params=params)
-    rows = rows[0][rows[0] >= 0]
-    passages = np.searchsorted(index.sentence_start, rows, side="right") - 1
-    return np.array(list(dict.fromkeys(passages.tolist()))[:depth], dtype=np.int64)
-
-
-def _dense_search(
-    index: Index, vector: np.ndarray, depth: int, allowed: np.ndarray | None
-) -> dict[int, float]:
-    """Passages nearest the question in the FAISS index, as position -> cosine, best first."""
-    params = None
-    if allowed is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.flatnonzero(allowed)))
-    scores, positions = index.dense.search(vector[None, :], depth, params=params)
-    return {int(p): float(s) for p, s in zip(positions[0], scores[0], strict=True) if p >= 0}
+def _positions(ranking: dict[int, float]) -> np.ndarray:
+    return np.fromiter(ranking, dtype=np.int64, count=len(ranking))
 
 
 def _repeats(index: Index, position: int, chosen: list[int]) -> bool:

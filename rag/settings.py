@@ -83,6 +83,9 @@ class Settings:
     # PostgreSQL (with pgvector) shared by every replica, e.g. postgresql://user@db/rag.
     # Empty (the default): everything stays in files beside the server.
     database_url: str = ""
+    # With a database: how long (seconds) a superseded index generation is kept for replicas
+    # still serving it before it is dropped (a replica's own generation is never dropped).
+    generation_grace_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.chunk_words < 20 or self.chunk_max_words < self.chunk_words:
@@ -135,6 +138,8 @@ class Settings:
             raise SettingsError(
                 "database_url must be a postgresql:// URL (or empty for files beside the server)"
             )
+        if self.generation_grace_seconds < 0:
+            raise SettingsError("generation_grace_seconds must be 0 or more")
         if self.feedback_bytes_per_client_per_day < 0:
             raise SettingsError("feedback_bytes_per_client_per_day must be 0 (no cap) or more")
 

@@ -80,6 +80,11 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture()
 def database_url(postgres_url: str) -> str:
     """A fresh, empty database on the session's server, for one test."""
+    return fresh_database(postgres_url)
+
+
+def fresh_database(postgres_url: str) -> str:
+    """The URL of a new, empty database (with pgvector) on the server at ``postgres_url``."""
     import uuid
 
     import psycopg
@@ -96,6 +101,51 @@ def _with_database(url: str, name: str) -> str:
     """``url`` (a socket URI like postgresql://postgres:@/postgres?host=/tmp/x) on ``name``."""
     head, _, query = url.partition("?")
     return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def pg_corpus_settings(
+    corpus_settings: Settings,
+    corpus_index: Index,
+    postgres_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    """The real corpus's settings with the index in a database of its own, and its local
+    build folder apart from the file store's (its first build reuses that one's embeddings)."""
+    index_dir = tmp_path_factory.mktemp("real-pg") / "index"
+    index_dir.symlink_to(corpus_index.path)
+    return corpus_settings.with_(index_dir=index_dir, database_url=fresh_database(postgres_url))
+
+
+@pytest.fixture(scope="session")
+def pg_corpus_index(pg_corpus_settings: Settings, embedder: Embedder) -> Index:
+    """The real corpus built once a session into PostgreSQL, loaded as a replica loads it."""
+    build_index(pg_corpus_settings, embedder)
+    return load_index(pg_corpus_settings, embedder)
+
+
+STORES = ("files", "postgres")
+
+
+@pytest.fixture(scope="session", params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    """Which store a test runs on: the embedded files, then PostgreSQL."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def any_corpus_index(store: str, request: pytest.FixtureRequest) -> Index:
+    """The real corpus index on each store in turn (for modules that run on both)."""
+    return request.getfixturevalue("corpus_index" if store == "files" else "pg_corpus_index")
+
+
+@pytest.fixture(scope="session")
+def any_app_settings(store: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings of an app over the real corpus index on each store in turn."""
+    if store == "files":
+        return request.getfixturevalue("app_settings")
+    request.getfixturevalue("pg_corpus_index")
+    return request.getfixturevalue("pg_corpus_settings")
 
 
 @pytest.fixture()

@@ -21,6 +21,12 @@ ENGINEER_REPORT = "https://blog.9cv9.com/the-2025-ai-engineer-career-report-a-da
 SHORTAGE = "https://blog.9cv9.com/solving-the-ai-talent-shortage-innovative-strategies-for-hiring-ai-experts/"
 
 
+@pytest.fixture(scope="session")
+def corpus_index(any_corpus_index: Index) -> Index:
+    """Every answer test runs on the file store and on PostgreSQL: the answers must agree."""
+    return any_corpus_index
+
+
 def ask(index: Index, embedder: Embedder, question: str, **kwargs: object) -> Answer:
     return answer_question(index, embedder, question, **kwargs)  # type: ignore[arg-type]
 

@@ -18,6 +18,12 @@ OFF_TOPIC = "What is the best pizza topping in Naples?"
 SITE = "http://testserver"  # TestClient's requests go to http://testserver
 
 
+@pytest.fixture(scope="session")
+def app_settings(any_app_settings: Settings) -> Settings:
+    """Every API test runs over the file store and over PostgreSQL."""
+    return any_app_settings
+
+
 @pytest.fixture(scope="module")
 def client(app_settings: Settings) -> Iterator[TestClient]:
     """conftest's `client`, started once for this module: each start loads the model and index."""

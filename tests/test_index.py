@@ -215,7 +215,7 @@ def test_load_refuses_missing_and_mismatched_indexes(
 def test_the_real_index_loads(corpus_index: Index) -> None:
     counts = corpus_index.manifest["counts"]
     assert counts["articles"] == 6 and counts["passages"] == len(corpus_index.passages)
-    assert corpus_index.dense.ntotal == counts["passages"]
+    assert corpus_index.store.dense.ntotal == counts["passages"]
 
 
 def test_an_hnsw_index_answers_and_filters_like_a_flat_one(

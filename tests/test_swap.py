@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import STORES
 from fastapi.testclient import TestClient
 
 from rag.embedding import Embedder
@@ -61,10 +62,16 @@ def write_articles(settings: Settings, **articles: str) -> None:
 
 
 @pytest.fixture()
-def settings(tiny_settings: Settings) -> Settings:
-    """A one-article corpus; the server looks for a rebuilt index five times a second."""
+def settings(tiny_settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """A one-article corpus; the server looks for a rebuilt index five times a second.
+
+    Tests parametrised with ``settings`` in STORES run on files and on PostgreSQL.
+    """
     write_articles(tiny_settings, data_engineers=DATA_ENGINEERS)
-    return tiny_settings.with_(reload_check_seconds=0.2)
+    settings = tiny_settings.with_(reload_check_seconds=0.2)
+    if getattr(request, "param", "files") == "postgres":
+        settings = settings.with_(database_url=request.getfixturevalue("database_url"))
+    return settings
 
 
 @pytest.fixture()
@@ -111,6 +118,7 @@ def server(built: Settings) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_a_rebuild_under_live_traffic_fails_no_request(
     server: str, built: Settings, embedder: Embedder
 ) -> None:
@@ -141,6 +149,7 @@ def test_a_rebuild_under_live_traffic_fails_no_request(
         asker.join()
         after = client.get("/api/health").json()
         assert (before["articles"], after["articles"]) == (1, 2)
+        assert after["generation"] != before["generation"]
         assert "https://careers.example/prompt-engineering/" in cited_urls(
             ask(client, NEW_QUESTION)
         )
@@ -190,12 +199,14 @@ def assert_unavailable(client: TestClient, reason: str) -> None:
     assert answer.json()["detail"] == health.json()["reason"]
 
 
+@pytest.mark.parametrize("settings", STORES, indirect=True)
 def test_a_missing_index_is_a_clear_503(
     settings: Settings, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:
+    where = "in the database" if settings.database_url else "at .*"
     with caplog.at_level(logging.ERROR, "rag.web"), TestClient(create_app(settings)) as client:
-        assert_unavailable(client, r"no index at .*; run `rag index` to build it")
-    assert any("index not loaded: no index at" in r.getMessage() for r in caplog.records)
+        assert_unavailable(client, rf"no index {where}.*; run `rag index` to build it")
+    assert any("index not loaded: no index " in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))

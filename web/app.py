@@ -32,6 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         watcher.cancel()
         with suppress(asyncio.CancelledError):
             await watcher
+        engine.close()
 
     app = FastAPI(
         title="AI career answers",

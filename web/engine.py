@@ -10,10 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from rag.encoder import QuestionEncoder, load_question_encoder
-from rag.errors import RagError
+from rag.encoder import QuestionEncoder, index_encoder
+from rag.errors import IndexMissingError, RagError
 from rag.files import storage_error
 from rag.index import Index, load_index, read_manifest
+from rag.pgstore import Listener, prune
 from rag.settings import Settings
 
 log = logging.getLogger("rag.web")
@@ -43,9 +44,19 @@ class Engine:
         self._attempted = 0.0  # when the watcher last tried to load
         self._seen: tuple[str, str] | None = None
         self._loaded: tuple[str, str] | None = None
+        # With a database: the connection that hears of new generations and pins the one served.
+        self.listener = Listener(settings) if settings.database_url else None
+        self._pruned = 0.0
 
     def _signature(self) -> tuple[str, str]:
-        """Which build the index link names now; raises when it cannot be read."""
+        """Which build the index link (or the database) names now; raises when unreadable."""
+        if self.listener is not None:
+            generation = self.listener.active()
+            if generation is None:
+                raise IndexMissingError(
+                    "no index in the database (RAG_DATABASE_URL); run `rag index` to build it"
+                )
+            return "database", str(generation)
         manifest = read_manifest(self.settings.index_dir)
         return str(self.settings.index_dir.resolve()), manifest["built_at"]
 
@@ -60,7 +71,7 @@ class Engine:
             return False
         try:
             index = load_index(self.settings)
-            encoder = load_question_encoder(index.path, index.manifest, reuse=self.embedder)
+            encoder = index_encoder(self.settings, index, reuse=self.embedder)
         except Exception as exc:  # any unusable index must leave the app serving, not crash it
             reason = (
                 str(exc)
@@ -77,9 +88,15 @@ class Engine:
             log.error("index not loaded: %s", reason)
             return False
         self.embedder = encoder  # the same model (load_index checks): either fits either index
+        if self.listener is not None:
+            signature = ("database", index.generation)
+            try:
+                self.listener.pin(int(index.generation))
+            except RagError as exc:  # it is served all the same; pruning waits its grace
+                log.error("%s", exc)
         self.index, self.error, self.problem = index, None, None
         self._seen = self._loaded = signature
-        log.info("index loaded from %s (%s)", index.path, index.built_at)
+        log.info("index loaded: generation %s (%s)", index.generation, index.built_at)
         return True
 
     def check(self) -> None:
@@ -100,6 +117,13 @@ class Engine:
             self._attempted = time.monotonic()
             self.load()
         self.checked = time.monotonic()
+        if self.listener is not None and self.checked - self._pruned >= self._prune_every:
+            self._pruned = self.checked
+            prune(self.settings)  # any replica may drop generations past their grace
+
+    @property
+    def _prune_every(self) -> float:
+        return max(1.0, self.settings.generation_grace_seconds / 4)
 
     def current(self) -> tuple[Index, QuestionEncoder]:
         """The index and model to answer with; 503 while there is no usable index."""
@@ -124,17 +148,33 @@ class Engine:
             "passages": counts["passages"],
             "model": index.model,
             "index_built_at": index.built_at,
+            "generation": index.generation,
             **({"reason": problem} if problem else {}),
         }
 
     async def watch(self) -> None:
-        """Poll for a rebuilt index and swap it in without a restart; never stops on an error."""
+        """Poll for a rebuilt index and swap it in without a restart; never stops on an error.
+
+        With a database the wait ends early when a build announces its generation (NOTIFY),
+        so replicas move within a moment; polling remains for a notice that was missed.
+        """
         while True:
-            await asyncio.sleep(self.settings.reload_check_seconds)
+            try:
+                if self.listener is None:
+                    await asyncio.sleep(self.settings.reload_check_seconds)
+                else:
+                    await asyncio.to_thread(self.listener.wait, self.settings.reload_check_seconds)
+            except Exception as exc:  # the database is away: poll again a round later
+                log.error("waiting for a new index failed: %s", exc)
+                await asyncio.sleep(self.settings.reload_check_seconds)
             try:
                 await asyncio.to_thread(self.check)
             except Exception:  # keep watching: the next round may well be fine
                 log.exception("index check failed; retrying")
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/]+/)*([^\s/;,()']+)")

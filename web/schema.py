@@ -202,6 +202,9 @@ class Health(BaseModel):
     passages: int
     model: str
     index_built_at: str
+    generation: str = Field(
+        description="The build served: a generation id in the database, or a build folder's name"
+    )
     reason: str | None = Field(None, description="Why the index on disk is not the one served")
 
 
