@@ -47,8 +47,8 @@ from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
 # 4: the manifest records every file's size and SHA-256; table rows and list items are
-# whole units with their shapes (cells, introduction)
-FORMAT_VERSION = 4
+# whole units with their shapes (cells, introduction); 5: initialisms ("U.S.") are words
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
 LOCK_FILE = "build.lock"

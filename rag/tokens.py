@@ -42,6 +42,8 @@ def normalise(text: str) -> str:
 
 # "LLMs", "GPUs", "KPIs": the plural of an acronym is the acronym (the stemmer leaves them).
 _PLURAL_ACRONYM = re.compile(r"\b([A-Z]{2,})s\b")
+# "U.S." and "U.K." are the words "US" and "UK", not single letters (which are dropped).
+_INITIALISM = re.compile(r"\b(?:[A-Za-z]\.){2,}")
 
 
 def tokenize(text: str) -> list[str]:
@@ -49,7 +51,10 @@ def tokenize(text: str) -> list[str]:
 
     >>> tokenize("AI Architects earn $224,000 (17%) with MLOps & C++ for LLMs")
     ['ai', 'architect', 'earn', '224000', '17', 'mlop', 'c++', 'llm']
+    >>> tokenize("in the U.S. and the US")
+    ['us', 'us']
     """
+    text = _INITIALISM.sub(lambda m: m.group().replace(".", ""), text)
     found = _TOKEN.findall(normalise(_PLURAL_ACRONYM.sub(r"\1", text)))
     words = [t.replace(",", "") if t[0].isdigit() else t for t in found]
     words = [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]

@@ -112,13 +112,7 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
     [
         "How much is the exam fee for the CertNexus CAIP?",  # no fee is given
         "What is the salary of a prompt engineer in the US?",  # named, never paid
-        pytest.param(
-            "ai architect pay in south africa",  # a place named only in lower case
-            # A known miss of the fitted model: P(answered) 0.490 against its threshold
-            # 0.457, though the place is missing from every passage. Strict, so a model
-            # that declines it again says so here.
-            marks=pytest.mark.xfail(strict=True, reason="answered just over the threshold"),
-        ),
+        "ai architect pay in south africa",  # a place named only in lower case
     ],
 )
 def test_near_misses_are_declined(corpus_index: Index, embedder: Embedder, question: str) -> None:
