@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import CORPUS, ROOT, TEST_HOSTS, one_article_index
 from fastapi.testclient import TestClient
 
 from rag.cli import cli
@@ -20,7 +21,6 @@ from rag.encoder import load_question_encoder
 from rag.index import MANIFEST, build_index, index_is_current, load_index, read_manifest
 from rag.ingest import read_articles
 from rag.settings import Settings
-from tests.conftest import CORPUS, ROOT, TEST_HOSTS, one_article_index
 from web.app import create_app
 
 ARTICLE = (
