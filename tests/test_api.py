@@ -260,7 +260,12 @@ def test_form_post_renders_the_answer_without_javascript(client: TestClient) -> 
     assert card.get("data-answered") == "true"
     used = [c for c in api["citations"] if c["highlights"]]
     quoted = [c["text"][s:e] for c in used for s, e in c["highlights"]]
-    assert texts(css(card, ".quote .sentence")) == quoted
+    # Sentences and list items read as text, table rows as rows of their table.
+    rows = [q for q in api["quotes"] if q["kind"] == "table_row"]
+    assert texts(css(card, ".quote .sentence")) == [
+        q["text"] for q in api["quotes"] if q["kind"] != "table_row"
+    ]
+    assert len(css(card, ".quote-table tbody tr")) == len(rows)
     # Each quote's source chip shows its passage with every span the answer quotes from it.
     for chip_of_quote in css(card, ".cite"):
         marks = texts(css(chip_of_quote, "mark"))

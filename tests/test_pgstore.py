@@ -90,8 +90,10 @@ def test_the_database_index_holds_the_same_records(
 ) -> None:
     assert pg_corpus_index.passages == corpus_index.passages
     assert pg_corpus_index.articles == corpus_index.articles
-    assert np.array_equal(pg_corpus_index.passage_vectors, corpus_index.passage_vectors)
-    assert np.array_equal(pg_corpus_index.sentence_vectors, corpus_index.sentence_vectors)
+    # A build with a database embeds its texts in the queue's batches, another batch size
+    # than the file build's: the model's padding moves the last float digits, no more.
+    assert np.allclose(pg_corpus_index.passage_vectors, corpus_index.passage_vectors, atol=1e-5)
+    assert np.allclose(pg_corpus_index.sentence_vectors, corpus_index.sentence_vectors, atol=1e-3)
     assert pg_corpus_index.generation.isdigit()
 
 
