@@ -299,6 +299,7 @@ def rag(settings: Settings, *args: str) -> subprocess.Popen[str]:
         "RAG_CORPUS_DIR": str(settings.corpus_dir),
         "RAG_INDEX_DIR": str(settings.index_dir),
         "RAG_DATA_DIR": str(settings.data_dir),
+        **({"RAG_DATABASE_URL": settings.database_url} if settings.database_url else {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "rag.cli", *args],

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
-from conftest import ROOT, wait_for_line
+from conftest import rag, wait_for_line
 
 from rag.embedding import Embedder
 from rag.index import build_index
@@ -50,21 +48,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path
 
 
 def _rag(root: Path, database_url: str, index: str, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "RAG_CORPUS_DIR": str(root / "corpus"),
-        "RAG_INDEX_DIR": str(root / index),
-        "RAG_DATA_DIR": str(root / "data"),
-        "RAG_DATABASE_URL": database_url,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "rag.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    settings = Settings(
+        corpus_dir=root / "corpus",
+        index_dir=root / index,
+        data_dir=root / "data",
+        database_url=database_url,
     )
+    return rag(settings, *args)
 
 
 def _assert_same_vectors(root: Path, index: str) -> None:
