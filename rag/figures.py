@@ -166,6 +166,7 @@ def states(kind: str, text: str) -> bool:
     return bool(pattern and pattern.search(text))
 
 
+@lru_cache(maxsize=1 << 16)
 def states_any(text: str) -> bool:
     """Whether ``text`` states an amount, a share or a duration ("Europe: $95,000 annually")."""
     return any(states(kind, text) for kind in ("amount", "share", "duration"))

@@ -249,7 +249,6 @@ def candidates(
                 cosine = float(cosines[units[0]])
             quote = " ".join(passage.text[slice(*passage.sentences[j])] for j in units)
             quote_words = words.union(*(index.sentence_tokens[first + j] for j in units))
-            opening = frozenset(tokenize(" ".join(text.split()[: len(subject) + 3])))
             figure = question.wants in FIGURE_KINDS
             stated = figure and states(question.wants, quote)
             label = is_label(text)
@@ -276,7 +275,9 @@ def candidates(
                         float(states_any(quote)),
                         float(bool(HAS_DIGIT.search(quote))),
                         float(
-                            question.wants == "definition" and bool(subject) and subject <= opening
+                            question.wants == "definition"
+                            and bool(subject)
+                            and subject <= _opening(text, len(subject))
                         ),
                         float(question.wants == "definition" and bool(DEFINING.search(text))),
                         float(question.wants == "list" and text.endswith(":")),
@@ -399,6 +400,11 @@ def can_lead(text: str) -> bool:
 def is_label(text: str) -> bool:
     """A heading-like line ("System Performance Metrics", "Sustainable AI:"): short, no figure."""
     return len(text.split()) < _COMPLETE_WORDS / 2 and not HAS_DIGIT.search(text)
+
+
+def _opening(text: str, subject_words: int) -> frozenset[str]:
+    """The stems of a unit's first words: where a definition names what it defines."""
+    return frozenset(tokenize(" ".join(text.split()[: subject_words + 3])))
 
 
 def _weights(index: Index, tokens: tuple[str, ...], rare: float) -> list[tuple[frozenset, float]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import Stemmer
@@ -54,11 +54,16 @@ def tokenize(text: str) -> list[str]:
     >>> tokenize("in the U.S. and the US")
     ['us', 'us']
     """
+    return list(_stems(text))
+
+
+@lru_cache(maxsize=1 << 16)  # the same units are scored again for every question
+def _stems(text: str) -> tuple[str, ...]:
     text = _INITIALISM.sub(lambda m: m.group().replace(".", ""), text)
     found = _TOKEN.findall(normalise(_PLURAL_ACRONYM.sub(r"\1", text)))
     words = [t.replace(",", "") if t[0].isdigit() else t for t in found]
     words = [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
-    return _stemmer().stemWords(words)
+    return tuple(_stemmer().stemWords(words))
 
 
 # Words people use for the same career notions as the articles, by stem: a data file,
