@@ -254,3 +254,16 @@ def test_eval_says_when_the_model_was_fitted_on_the_set(
     )
     assert result.exit_code == 0, result.output
     assert "(in sample: the model was fitted on these questions)" in result.output
+
+
+def test_no_phrase_of_a_question_set_spans_table_cells() -> None:
+    """A passage reads a table row as "Header: value; Header: value", so a phrase copied
+    across cells ("Japan | ¥9,943,766") matches nothing and marks a right answer wrong."""
+    spanning = [
+        (path.name, row["id"], phrase)
+        for path in sorted(QUESTIONS.rglob("*.jsonl"))
+        for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
+        for phrase in [*row["evidence"], *row["answer_contains"]]
+        if "|" in phrase
+    ]
+    assert spanning == []
