@@ -53,7 +53,7 @@ _HAS_SHARE = re.compile(
     re.IGNORECASE,
 )
 _HAS_DURATION = re.compile(
-    rf"{_COUNT}(?:\s*(?:–|-|to|or)\s*\d[\d,.]*)?\+?[\s-]*{_UNIT}\b"
+    rf"{_COUNT}(?:\s*\(\d[\d,.]*\))?(?:\s*(?:–|-|to|or)\s*\d[\d,.]*)?\+?[\s-]*{_UNIT}\b"
     r"|\b\d+(?:\.\d+)?\s?(?:h|hr|hrs|min|mins)\b"
     rf"|\b{_UNIT}\)?:\s*\d|\b(?:annual(?:ly)?|yearly|monthly|weekly|quarterly|biannual(?:ly)?|"
     r"every (?:year|month|week|quarter))\b",
@@ -159,6 +159,8 @@ def states(kind: str, text: str) -> bool:
     [True, True, True, False]
     >>> [states("duration", t) for t in ("a decade", "2h", "4 to 6 years", "20% of hours")]
     [True, True, True, False]
+    >>> states("duration", "ten (10) years from the date of grant")
+    True
     >>> states("share", "one-fifth of them")
     True
     """
