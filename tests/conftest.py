@@ -83,6 +83,23 @@ def database_url(postgres_url: str) -> str:
     return fresh_database(postgres_url)
 
 
+def file_or_database(
+    request: pytest.FixtureRequest, settings: Settings, local: Path
+) -> Iterator[Settings]:
+    """For a fixture parametrised over stores: ``settings`` as they are (the state in the
+    file ``local``) or, for the param "postgresql", on a fresh database, checking after
+    the test that nothing reached the file."""
+    if request.param != "postgresql":
+        yield settings
+        return
+    from rag.dbpool import close_pool
+
+    url = request.getfixturevalue("database_url")
+    yield settings.with_(database_url=url)
+    close_pool(url)
+    assert not local.exists(), f"{local.name} was written, not the database"
+
+
 def fresh_database(postgres_url: str) -> str:
     """The URL of a new, empty database (with pgvector) on the server at ``postgres_url``."""
     import uuid

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import file_or_database
 
 from rag.cli import cli
 from rag.dbpool import close_pool
@@ -34,13 +35,7 @@ from rag.settings import Settings
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tiny_settings: Settings) -> Iterator[Settings]:
     """``tiny_settings`` with feedback in the SQLite file, or in a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield tiny_settings
-        return
-    url = request.getfixturevalue("database_url")
-    yield tiny_settings.with_(database_url=url)
-    close_pool(url)
-    assert not tiny_settings.feedback_db.exists(), "feedback went to the file, not the database"
+    yield from file_or_database(request, tiny_settings, tiny_settings.feedback_db)
 
 
 def _feedback(helpful: bool = True, **changes: object) -> Feedback:

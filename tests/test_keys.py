@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from conftest import file_or_database
 
 from rag.cli import cli
 from rag.dbpool import close_pool
@@ -32,13 +33,7 @@ from rag.settings import Settings
 @pytest.fixture(params=["file", "postgresql"])
 def store(request: pytest.FixtureRequest, tiny_settings: Settings) -> Iterator[Settings]:
     """``tiny_settings`` with keys in ``data/keys.json``, or in a fresh PostgreSQL database."""
-    if request.param == "file":
-        yield tiny_settings
-        return
-    url = request.getfixturevalue("database_url")
-    yield tiny_settings.with_(database_url=url)
-    close_pool(url)
-    assert not keys_file(tiny_settings).exists(), "keys went to the file, not the database"
+    yield from file_or_database(request, tiny_settings, keys_file(tiny_settings))
 
 
 def test_keys_are_off_until_the_first_is_created(store: Settings) -> None:
