@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import BIN, DEV_QUESTIONS, RESULTS, ROOT, dev_questions, percentiles, table
+from benchmarks.common import (
+    BIN,
+    DEV_QUESTIONS,
+    RESULTS,
+    ROOT,
+    dev_questions,
+    percentiles,
+    table,
+    worker_memory,
+)
 
 CLIENTS = (1, 8, 32, 64)
 DELIBERATE = (429, 503)  # refusals the server means, when they carry Retry-After
@@ -61,18 +70,6 @@ def _wait_healthy(url: str, server: subprocess.Popen, workers: int, log: Path) -
             raise RuntimeError(f"rag serve has no usable index; see {log}")
         for question in dev_questions()[:20]:  # warm caches and allocators
             client.post("/api/answer", json={"question": question}, headers={"connection": "close"})
-
-
-def worker_memory(server: psutil.Process) -> list[dict]:
-    """RSS of each process serving requests (the workers, or the one process with one worker)."""
-    children = [
-        p
-        for p in server.children(recursive=True)
-        if "resource_tracker" not in " ".join(p.cmdline())
-    ]
-    return [
-        {"pid": p.pid, "rss_mb": round(p.memory_info().rss / 1024**2)} for p in children or [server]
-    ]
 
 
 def run_locust(url: str, clients: int, seconds: int, prefix: Path) -> dict:
