@@ -254,6 +254,7 @@ def run(factors: tuple[int, ...] = FACTORS) -> dict:
 
 def run_on(vectors: np.ndarray, factors: tuple[int, ...] = FACTORS) -> dict:
     """`run` over given passage vectors (the real index's, by default)."""
+    about = machine()  # its load average is the one at the start
     rng = np.random.default_rng(7)
     asked = queries(vectors, rng)
     rows = []
@@ -271,7 +272,7 @@ def run_on(vectors: np.ndarray, factors: tuple[int, ...] = FACTORS) -> dict:
                     print(rows[-1], flush=True)
             del passages
     results = {
-        "machine": machine(),
+        "machine": about,
         "finished_load_average": [round(x, 2) for x in os.getloadavg()],
         "noise": NOISE,
         "queries": len(asked),
