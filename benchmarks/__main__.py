@@ -1,4 +1,4 @@
-"""`python -m benchmarks [all|latency|http|index|scale|soak|worker|int8]`: measure, write JSON."""
+"""`python -m benchmarks [all|latency|http|index|scale|replicas|swap|soak|worker|int8]`: measure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import json
 import sys
 import time
 
-from benchmarks import common, indexing, latency, load, quantize, scale, soak, worker
+from benchmarks import (
+    common,
+    indexing,
+    latency,
+    load,
+    quantize,
+    replicas,
+    scale,
+    soak,
+    swap,
+    worker,
+)
 from rag.errors import RagError
 
 TARGETS = {
@@ -19,12 +30,14 @@ TARGETS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
-        "what", nargs="?", default="all", choices=["all", *PARTS, "scale", "soak", "worker", "int8"]
-    )
+    parser.add_argument("what", nargs="?", default="all", choices=["all", *PARTS, *ALONE])
     parser.add_argument("--workers", type=int, default=2, help="rag serve workers (default 2)")
     parser.add_argument("--seconds", type=int, default=20, help="seconds per client count")
-    parser.add_argument("--clients", default="1,8,32,64", help="client counts, comma-separated")
+    parser.add_argument(
+        "--clients",
+        default=None,
+        help="client counts, comma-separated (http: 1,8,32,64; replicas: 8,32; swap: 4)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="in-process rounds over dev set")
     parser.add_argument("--profile", action="store_true", help="profile the in-process answers")
     parser.add_argument("--factors", default="1,10,100,1000", help="scale: passage multipliers")
@@ -33,7 +46,16 @@ def main() -> None:
     )
     parser.add_argument("--short", action="store_true", help="soak: a 45-second run")
     parser.add_argument("--runs", type=int, default=3, help="worker: cold starts (default 3)")
+    parser.add_argument("--rebuilds", type=int, default=6, help="swap: rebuilds (default 6)")
     args = parser.parse_args()
+
+    if args.what == "replicas":
+        clients = replicas.CLIENTS if args.clients is None else _counts(args.clients)
+        replicas.run(args.seconds, clients)
+        return
+    if args.what == "swap":
+        swap.run(args.rebuilds, 4 if args.clients is None else int(args.clients))
+        return
 
     if args.what == "worker":
         worker.main(args.runs)
@@ -56,7 +78,7 @@ def main() -> None:
         results["latency"] = latency.run(args.rounds, profile=args.profile)
         tables.append(latency.latency_table(results["latency"]))
     if "http" in parts:
-        clients = tuple(int(c) for c in args.clients.split(","))
+        clients = load.CLIENTS if args.clients is None else _counts(args.clients)
         results["http"] = load.run(args.workers, args.seconds, clients)
         tables.append(load.load_table(results["http"]))
         rss = ", ".join(f"{m['rss_mb']} MB" for m in results["http"]["memory"])
@@ -79,6 +101,11 @@ def main() -> None:
 
 
 PARTS = ["latency", "http", "index"]
+ALONE = ["scale", "replicas", "swap", "soak", "worker", "int8"]
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in text.split(","))
 
 
 def _earlier() -> dict:

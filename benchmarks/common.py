@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -37,6 +38,31 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def serving_processes(server: psutil.Process) -> list[psutil.Process]:
+    """The processes that answer requests: the workers under `rag serve --workers N`
+    (multiprocessing's resource tracker left out), or the server itself with one worker."""
+    children = [
+        p
+        for p in server.children(recursive=True)
+        if "resource_tracker" not in " ".join(p.cmdline())
+    ]
+    return children or [server]
+
+
+def worker_memory(server: psutil.Process) -> list[dict]:
+    """RSS of each process serving requests, in MB."""
+    return [
+        {"pid": p.pid, "rss_mb": round(p.memory_info().rss / 1024**2)}
+        for p in serving_processes(server)
+    ]
+
+
+def tree_usage(server: psutil.Process) -> tuple[int, int]:
+    """Resident bytes and open file descriptors of ``server`` and all its descendants."""
+    processes = [server, *server.children(recursive=True)]
+    return sum(p.memory_info().rss for p in processes), sum(p.num_fds() for p in processes)
 
 
 def dev_questions(path: Path = DEV_QUESTIONS) -> list[str]:

@@ -16,7 +16,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import BIN, DEV_QUESTIONS, RESULTS, ROOT, dev_questions, percentiles, table
+from benchmarks.common import (
+    BIN,
+    DEV_QUESTIONS,
+    RESULTS,
+    ROOT,
+    dev_questions,
+    percentiles,
+    table,
+    worker_memory,
+)
 
 CLIENTS = (1, 8, 32, 64)
 DELIBERATE = (429, 503)  # refusals the server means, when they carry Retry-After
@@ -63,22 +72,20 @@ def _wait_healthy(url: str, server: subprocess.Popen, workers: int, log: Path) -
             client.post("/api/answer", json={"question": question}, headers={"connection": "close"})
 
 
-def worker_memory(server: psutil.Process) -> list[dict]:
-    """RSS of each process serving requests (the workers, or the one process with one worker)."""
-    children = [
-        p
-        for p in server.children(recursive=True)
-        if "resource_tracker" not in " ".join(p.cmdline())
-    ]
-    return [
-        {"pid": p.pid, "rss_mb": round(p.memory_info().rss / 1024**2)} for p in children or [server]
-    ]
+def run_locust(
+    url: str, clients: int, seconds: int, prefix: Path, hosts: tuple[str, ...] = ()
+) -> dict:
+    """One headless locust run; the accepted answers' latency and every refusal, counted.
 
-
-def run_locust(url: str, clients: int, seconds: int, prefix: Path) -> dict:
-    """One headless locust run; the accepted answers' latency and every refusal, counted."""
+    With ``hosts``, requests go to each of them in turn (round-robin) instead of to ``url``,
+    and the result counts the answers each host gave."""
     records_path = prefix.with_suffix(".records.json")
-    env = {**os.environ, "BENCH_QUESTIONS": str(DEV_QUESTIONS), "BENCH_RECORDS": str(records_path)}
+    env = {
+        **os.environ,
+        "BENCH_QUESTIONS": str(DEV_QUESTIONS),
+        "BENCH_RECORDS": str(records_path),
+        "BENCH_HOSTS": ",".join(hosts),
+    }
     command = [
         str(BIN / "locust"),
         "-f",
@@ -103,13 +110,17 @@ def run_locust(url: str, clients: int, seconds: int, prefix: Path) -> dict:
     )
     records = json.loads(records_path.read_text())
     records_path.unlink()
-    accepted = [ms for _, ms, status, _ in records if status == 200]
-    deliberate = [s for _, _, s, retry in records if s in DELIBERATE and retry]
+    accepted = [ms for _, ms, status, _, _ in records if status == 200]
+    deliberate = [s for _, _, s, retry, _ in records if s in DELIBERATE and retry]
     other: dict[str, int] = {}
-    for _, _, status, retry in records:
+    for _, _, status, retry, _ in records:
         if status != 200 and not (status in DELIBERATE and retry):
             other[str(status)] = other.get(str(status), 0) + 1
-    span = max(s + ms / 1000 for s, ms, _, _ in records) - min(s for s, _, _, _ in records)
+    span = max(s + ms / 1000 for s, ms, *_ in records) - min(s for s, *_ in records)
+    by_host = {host: 0 for host in hosts}
+    for _, _, status, _, host in records:
+        if host in by_host and status == 200:
+            by_host[host] += 1
     return {
         "clients": clients,
         "seconds": round(span, 1),
@@ -119,6 +130,7 @@ def run_locust(url: str, clients: int, seconds: int, prefix: Path) -> dict:
         "refused_503": deliberate.count(503),
         "refused_429": deliberate.count(429),
         "other_errors": other,
+        **({"answers_by_host": by_host} if hosts else {}),
     }
 
 

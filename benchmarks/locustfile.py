@@ -1,8 +1,10 @@
 """Load: closed-loop clients POSTing the development questions to /api/answer, back to back.
 
 Run by `python -m benchmarks http`. Besides locust's own CSV, every request's
-latency, status and Retry-After go to the JSON file named by BENCH_RECORDS, so
-the benchmark can split accepted answers from deliberate refusals.
+latency, status, Retry-After and host go to the JSON file named by BENCH_RECORDS, so
+the benchmark can split accepted answers from deliberate refusals. With BENCH_HOSTS
+(base URLs, comma-separated) each request goes to the next of them in turn, as a
+round-robin load balancer would send it; without it, to locust's ``--host``.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ QUESTIONS = [
     if line.strip()
 ]
 _next_question = itertools.cycle(QUESTIONS).__next__
-_records: list[tuple[float, float, int, bool]] = []  # start, ms, status, has Retry-After
+HOSTS = [host for host in os.environ.get("BENCH_HOSTS", "").split(",") if host]
+_next_host = itertools.cycle(HOSTS or [""]).__next__
+_records: list[tuple[float, float, int, bool, str]] = []  # start, ms, status, Retry-After, host
 
 
 @events.request.add_listener
-def record(response_time: float, response: object, start_time: float, **_: object) -> None:
+def record(
+    response_time: float, response: object, start_time: float, name: str, **_: object
+) -> None:
     status = getattr(response, "status_code", 0) or 0
     headers = getattr(response, "headers", None) or {}
-    _records.append((start_time, response_time, status, "retry-after" in headers))
+    _records.append((start_time, response_time, status, "retry-after" in headers, name))
 
 
 @events.quitting.add_listener
@@ -44,4 +50,10 @@ class Asker(FastHttpUser):
     def ask(self) -> None:
         # A bytes body: geventhttpclient then sends headers and body in one write.
         body = json.dumps({"question": _next_question(), "top_k": 5}).encode()
-        self.client.post("/api/answer", data=body, headers={"content-type": "application/json"})
+        host = _next_host()  # "" without BENCH_HOSTS: locust's --host
+        self.client.post(
+            f"{host}/api/answer",
+            data=body,
+            headers={"content-type": "application/json"},
+            name=host or "/api/answer",
+        )

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import ROOT, dev_questions, percentiles, table, write_results
+from benchmarks.common import ROOT, dev_questions, percentiles, table, tree_usage, write_results
 from benchmarks.load import free_port
 
 MAX_REQUESTS = 200_000  # a hard bound, whatever the duration
@@ -181,9 +181,7 @@ def _stall(port: int, sockets: int, stop: threading.Event, result: dict) -> None
 def _sample(server: psutil.Process, started: float, stop: threading.Event, samples: list) -> None:
     while not stop.is_set():
         try:
-            processes = [server, *server.children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in processes)
-            fds = sum(p.num_fds() for p in processes)
+            rss, fds = tree_usage(server)
         except psutil.Error:
             break
         samples.append(

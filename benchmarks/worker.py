@@ -24,7 +24,15 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import RESULTS, ROOT, dev_questions, machine, table, write_results
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    dev_questions,
+    machine,
+    table,
+    worker_memory,
+    write_results,
+)
 from benchmarks.load import free_port
 
 ANSWERS = 50
@@ -60,8 +68,7 @@ def _one_run(questions: list[str], answers: int) -> dict:
                 response = client.post("/api/answer", json={"question": question})
                 if response.status_code != 200:
                     raise RuntimeError(f"an answer failed ({response.status_code}); see {log}")
-        process = psutil.Process(server.pid)
-        rss = process.memory_info().rss / 1024**2
+        rss = sum(m["rss_mb"] for m in worker_memory(psutil.Process(server.pid)))
         maps = Path(f"/proc/{server.pid}/maps").read_text()
     finally:
         server.send_signal(signal.SIGINT)
@@ -72,7 +79,7 @@ def _one_run(questions: list[str], answers: int) -> dict:
             server.wait()
     sample = {
         "cold_start_s": round(cold, 2),
-        "rss_mb": round(rss),
+        "rss_mb": rss,
         "torch_loaded": "libtorch" in maps,
     }
     print(sample, flush=True)
