@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +101,13 @@ def write_results(name: str, results: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     return path
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a `rag serve` as Ctrl-C does (it drains), killing it after 30 s if it hangs."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()

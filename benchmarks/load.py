@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +22,7 @@ from benchmarks.common import (
     ROOT,
     dev_questions,
     percentiles,
+    stop_server,
     table,
     worker_memory,
 )
@@ -50,12 +50,7 @@ def served(workers: int, log: Path) -> Iterator[tuple[str, psutil.Process]]:
         _wait_healthy(url, server, workers, log)
         yield url, psutil.Process(server.pid)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, workers: int, log: Path) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from benchmarks.common import (
     ROOT,
     dev_questions,
     machine,
+    stop_server,
     table,
     worker_memory,
     write_results,
@@ -159,12 +159,7 @@ def replica(env: dict[str, str], folder: Path, log: Path) -> Iterator[tuple[str,
         wait_answering(url, server, log)
         yield url, psutil.Process(server.pid)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 def wait_answering(url: str, server: subprocess.Popen, log: Path, seconds: float = 300) -> None:

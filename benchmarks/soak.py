@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,15 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks.common import ROOT, dev_questions, percentiles, table, tree_usage, write_results
+from benchmarks.common import (
+    ROOT,
+    dev_questions,
+    percentiles,
+    stop_server,
+    table,
+    tree_usage,
+    write_results,
+)
 from benchmarks.load import free_port
 
 MAX_REQUESTS = 200_000  # a hard bound, whatever the duration
@@ -248,11 +255,7 @@ def run(seconds: int = 180, clients: int = 3, stalled: int = 16) -> dict:
         results["articles_before"] = articles_before
         results["integrity"] = _check(url, env, articles_before)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         log.close()
     shutil.rmtree(folder, ignore_errors=True)
     print(soak_report(results))

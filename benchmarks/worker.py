@@ -14,7 +14,6 @@ reported. The run also records whether the worker holds torch (from
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from benchmarks.common import (
     ROOT,
     dev_questions,
     machine,
+    stop_server,
     table,
     worker_memory,
     write_results,
@@ -71,12 +71,7 @@ def _one_run(questions: list[str], answers: int) -> dict:
         rss = sum(m["rss_mb"] for m in worker_memory(psutil.Process(server.pid)))
         maps = Path(f"/proc/{server.pid}/maps").read_text()
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
     sample = {
         "cold_start_s": round(cold, 2),
         "rss_mb": rss,
