@@ -175,11 +175,9 @@ class PgStore:
         from psycopg import sql
 
         query = sql.SQL(
-            "SELECT t.position, sum(t.weight::float8 * q.n) AS score "
-            "FROM {table} t JOIN unnest(%(terms)s::text[], %(counts)s::float8[]) AS q(term, n) "
-            "ON t.term = q.term {where} "
+            "SELECT t.position, sum(t.weight::float8 * q.n) AS score FROM {postings} "
             "GROUP BY t.position ORDER BY score DESC, t.position LIMIT %(depth)s"
-        ).format(table=_table(self.id, "passage_terms"), where=_where("t.position", allowed))
+        ).format(postings=_postings(self.id, "passage_terms", "t.position", allowed))
         rows = self._rows(query, _terms(tokens) | {"depth": depth} | _allowed(allowed))
         return {position: score for position, score in rows if score > 0}
 
@@ -191,12 +189,22 @@ class PgStore:
         query = sql.SQL(
             "SELECT passage, max(score) AS best FROM ("
             " SELECT t.sentence, t.passage, sum(t.weight::float8 * q.n) AS score"
-            " FROM {table} t JOIN unnest(%(terms)s::text[], %(counts)s::float8[]) AS q(term, n)"
-            " ON t.term = q.term {where} GROUP BY t.sentence, t.passage"
+            " FROM {postings} GROUP BY t.sentence, t.passage"
             ") s GROUP BY passage ORDER BY best DESC, passage LIMIT %(depth)s"
-        ).format(table=_table(self.id, "sentence_terms"), where=_where("t.passage", allowed))
+        ).format(postings=_postings(self.id, "sentence_terms", "t.passage", allowed))
         rows = self._rows(query, _terms(tokens) | {"depth": depth} | _allowed(allowed))
         return {passage: score for passage, score in rows if score > 0}
+
+
+def _postings(generation: int, name: str, column: str, allowed: np.ndarray | None):
+    """The query terms' rows of a generation's (term, …, weight) table ``t``, with each
+    term's count ``q.n``, within ``allowed`` (by ``column``)."""
+    from psycopg import sql
+
+    return sql.SQL(
+        "{table} t JOIN unnest(%(terms)s::text[], %(counts)s::float8[]) AS q(term, n) "
+        "ON t.term = q.term {where}"
+    ).format(table=_table(generation, name), where=_where(column, allowed))
 
 
 def _terms(tokens: list[str]) -> dict[str, list]:
