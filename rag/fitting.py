@@ -49,6 +49,9 @@ QUOTE_BUDGET = 2.0
 # The regularisation strengths (scikit-learn's C) the decision's fit chooses among: a
 # search space, not a setting; the fit picks one by held-out log loss (`_strength`).
 DECISION_STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+# The same for the ranker, chosen by the share of questions whose best-ranked quote holds
+# the answer, on corpora left out in turn (`_ranker_strength`).
+RANKER_STRENGTHS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,9 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
             "the question sets need both answerable and unanswerable questions to fit on"
         )
     groups = np.array([e.question.corpus for e in examples])
-    ranker = _fit_ranker(examples)
-    oof_scores = _out_of_fold_ranks(examples, groups)
+    strength = _ranker_strength(examples, groups)
+    ranker = {**_fit_ranker(examples, strength), "strength": strength}
+    oof_scores = _out_of_fold_ranks(examples, groups, strength)
     # P(a candidate's quote answers) from its ranker score, fitted on out-of-fold scores.
     scored = [(s, e.labels) for e, s in zip(examples, oof_scores, strict=True) if e.pool]
     answerable = [e.question.answerable for e in examples if e.pool]
@@ -155,7 +159,7 @@ def _candidate_rows(examples: list[Example]) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _fit_ranker(examples: list[Example]) -> dict:
+def _fit_ranker(examples: list[Example], strength: float = 1.0) -> dict:
     """A pairwise logistic ranker: within each answerable question, every quote that holds
     an answer phrase should score above every quote that holds none. Each question weighs
     the same, however many pairs it has: a question with long passages would otherwise
@@ -176,10 +180,37 @@ def _fit_ranker(examples: list[Example]) -> dict:
     D = np.concatenate(pairs)
     w = np.concatenate(weights)
     w = w / w.mean()
-    fitted = LogisticRegression(max_iter=2000, fit_intercept=False).fit(
+    fitted = LogisticRegression(C=strength, max_iter=2000, fit_intercept=False).fit(
         np.concatenate([D, -D]), np.r_[np.ones(len(D)), np.zeros(len(D))], np.r_[w, w]
     )
     return _as_data(mean, scale, fitted.coef_[0], 0.0)
+
+
+def _ranker_strength(examples: list[Example], groups: np.ndarray) -> float:
+    """The regularisation strength (C) of `RANKER_STRENGTHS` whose rankers, fitted
+    without a corpus, most often put a quote holding the answer first in it."""
+    folds = [h for h in _folds(groups) if h.any() and not h.all()]
+    if not folds:
+        return 1.0
+    hits = []
+    for strength in RANKER_STRENGTHS:
+        shares = []
+        for held in folds:
+            train = [e for e, h in zip(examples, held, strict=True) if not h]
+            tested = [e for e, h in zip(examples, held, strict=True) if h and e.question.answerable]
+            if not any(e.question.answerable and e.labels.any() for e in train) or not tested:
+                continue
+            params = _fit_ranker(train, strength)
+            shares.append(np.mean([_first_holds(params, e) for e in tested]))
+        hits.append(float(np.mean(shares)) if shares else 0.0)
+    return float(RANKER_STRENGTHS[int(np.argmax(hits))])
+
+
+def _first_holds(params: dict, example: Example) -> bool:
+    if not example.pool:
+        return False
+    scores = _score(params, np.array([c.features for c in example.pool]))
+    return bool(example.labels[int(np.argmax(scores))])
 
 
 def _fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
@@ -252,12 +283,14 @@ def _folds(groups: np.ndarray) -> list[np.ndarray]:
     return [positions % 5 == k for k in range(5)]
 
 
-def _out_of_fold_ranks(examples: list[Example], groups: np.ndarray) -> list[np.ndarray]:
+def _out_of_fold_ranks(
+    examples: list[Example], groups: np.ndarray, strength: float = 1.0
+) -> list[np.ndarray]:
     """Each question's candidate scores from a ranker fitted without its corpus."""
     scores: list[np.ndarray] = [np.zeros(0)] * len(examples)
     for held in _folds(groups):
         train = [e for e, h in zip(examples, held, strict=True) if not h]
-        params = _fit_ranker(train)
+        params = _fit_ranker(train, strength)
         for n in np.flatnonzero(held):
             pool = examples[n].pool
             scores[n] = _score(params, np.array([c.features for c in pool])) if pool else scores[n]
