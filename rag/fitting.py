@@ -189,21 +189,18 @@ def _fit_ranker(examples: list[Example], strength: float = 1.0) -> dict:
 def _ranker_strength(examples: list[Example], groups: np.ndarray) -> float:
     """The regularisation strength (C) of `RANKER_STRENGTHS` whose rankers, fitted
     without a corpus, most often put a quote holding the answer first in it."""
-    folds = [h for h in _folds(groups) if h.any() and not h.all()]
-    if not folds:
-        return 1.0
-    hits = []
-    for strength in RANKER_STRENGTHS:
-        shares = []
-        for held in folds:
-            train = [e for e, h in zip(examples, held, strict=True) if not h]
-            tested = [e for e, h in zip(examples, held, strict=True) if h and e.question.answerable]
-            if not any(e.question.answerable and e.labels.any() for e in train) or not tested:
-                continue
-            params = _fit_ranker(train, strength)
-            shares.append(np.mean([_first_holds(params, e) for e in tested]))
-        hits.append(float(np.mean(shares)) if shares else 0.0)
-    return float(RANKER_STRENGTHS[int(np.argmax(hits))])
+    splits = []
+    for held in _folds(groups):
+        train = [e for e, h in zip(examples, held, strict=True) if not h]
+        tested = [e for e, h in zip(examples, held, strict=True) if h and e.question.answerable]
+        if tested and any(e.question.answerable and e.labels.any() for e in train):
+            splits.append((train, tested))
+
+    def missed(strength: float, split: tuple[list[Example], list[Example]]) -> float:
+        params = _fit_ranker(split[0], strength)
+        return 1.0 - float(np.mean([_first_holds(params, e) for e in split[1]]))
+
+    return _best_strength(RANKER_STRENGTHS, splits, missed)
 
 
 def _first_holds(params: dict, example: Example) -> bool:
@@ -243,21 +240,27 @@ def _logistic(strength: float):
 
 
 def _strength(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> float:
-    """The regularisation strength (C) with the lowest mean held-out log loss."""
+    """The regularisation strength (C) of `DECISION_STRENGTHS` with the lowest held-out
+    log loss."""
     from sklearn.metrics import log_loss
 
     folds = [h for h in _folds(groups) if len(set(y[~h].tolist())) == 2 and h.any()]
+
+    def loss(strength: float, held: np.ndarray) -> float:
+        model = _logistic(strength).fit(Z[~held], y[~held], weights[~held])
+        p = model.predict_proba(Z[held])[:, 1]
+        return float(log_loss(y[held], p, sample_weight=weights[held], labels=[0, 1]))
+
+    return _best_strength(DECISION_STRENGTHS, folds, loss)
+
+
+def _best_strength(strengths: tuple[float, ...], folds: list, held_out_loss) -> float:
+    """The strength with the lowest mean held-out loss over ``folds`` (the first of the
+    best on a tie); 1.0 (scikit-learn's default) when there is no fold to judge by."""
     if not folds:
         return 1.0
-    losses = []
-    for strength in DECISION_STRENGTHS:
-        held_out = []
-        for held in folds:
-            model = _logistic(strength).fit(Z[~held], y[~held], weights[~held])
-            p = model.predict_proba(Z[held])[:, 1]
-            held_out.append(log_loss(y[held], p, sample_weight=weights[held], labels=[0, 1]))
-        losses.append(float(np.mean(held_out)))
-    return float(DECISION_STRENGTHS[int(np.argmin(losses))])
+    losses = [np.mean([held_out_loss(strength, fold) for fold in folds]) for strength in strengths]
+    return float(strengths[int(np.argmin(losses))])
 
 
 def _as_data(mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float) -> dict:
