@@ -24,7 +24,11 @@ _CONNECTIVE = re.compile(
     r"and what about|ok and|okay and)\b"
 )
 _FRAGMENT = re.compile(r"^(in|for|at|on|with|without|from|to|by|as|versus|vs)\b")
-_ANAPHOR = re.compile(r"\b(it|its|this|these|those|they|them|that one|those ones|he|she)\b")
+_ANAPHOR = re.compile(
+    r"\b(it|its|this|these|those|they|them|that one|those ones|ones|he|she)\b"
+    # "... block that?", "worked there" (not "is there ...", "there are ...")
+    r"|\bthat$|(?<!\bis )(?<!\bare )(?<!\bwas )(?<!\bwere )\bthere\b(?! (?:is|are|was|were|be)\b)"
+)
 # "it" standing for nothing before it: "how long does it take to ...", "is it worth ...".
 _DUMMY_IT = re.compile(
     r"\b(worth|make|makes|made) it\b|\bit (take|takes|took|worth|possible|hard|easy|"
@@ -37,6 +41,18 @@ _ROLE_NOUN = (
 )
 _ROLE = re.compile(rf"\b([a-z][\w+#-]*)\s+({_ROLE_NOUN})\b", re.IGNORECASE)
 _ROLE_ONLY = re.compile(rf"\b({_ROLE_NOUN})\b")
+# What a question asks about: the words after its question word, up to the first function
+# word ("what is the passing score for ..." -> passing score, "how many questions ...",
+# "which countries ...", "what commission rate do ..."). Grammar: it computes a feature
+# (is the thing asked for in the quote?) and decides nothing on its own.
+_FOCUS = re.compile(
+    r"^(?:(?:and|so|ok|okay|but|then)\s+)?(?:what|which|how many|how much)(?:'s|s)?"
+    r"(?:\s+(?:is|are|was|were))?(?:\s+(?:the|a|an|your|their|my|its|our))?\s+(?P<rest>.+)$"
+)
+_FOCUS_WORDS = 4
+_FOCUS_ENDS = frozenset(
+    ["among", "across", "per", "within", "without", "versus", "vs", "like", "near", "around"]
+)
 _NAME = re.compile(r"[A-Za-z][\w'-]*|\d[\d,.]*[A-Za-z]*")
 # A name held by more than this share of passages ("AI") tells nothing apart.
 COMMON_NAME_SHARE = 0.1
@@ -72,6 +88,9 @@ class Question:
     # searches it, so a follow-up the grammar above does not recognise keeps its thread.
     conversation: str = ""
     conversation_tokens: tuple[str, ...] = ()
+    # Stems of what the question asks about ("passing score"; see `focus`), or a
+    # follow-up's inherited question's when it names none of its own.
+    focus: tuple[str, ...] = ()
 
     @property
     def wants_figure(self) -> bool:
@@ -93,6 +112,7 @@ class Question:
             "search_text": self.search_text,
             "emphasis": list(self.emphasis),
             "conversation": self.conversation,
+            "focus": list(self.focus),
         }
 
 
@@ -139,6 +159,7 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
     wants = wanted_kind(normalise(text))
     if follow_up and wants == "other":  # "and in Europe?" asks what the question before it did
         wants = wanted_kind(normalise(inherited))
+    asked_about = focus(text) or (focus(inherited) if follow_up else ())
     return Question(
         asked=asked,
         text=text,
@@ -160,7 +181,32 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
         emphasis=emphasis,
         conversation=conversation,
         conversation_tokens=tuple(tokenize(conversation)),
+        focus=asked_about,
     )
+
+
+def focus(text: str) -> tuple[str, ...]:
+    """Stems of what a question asks about: the content words right after its question word.
+
+    >>> focus("What is the passing score for the AWS exam?")
+    ('pass', 'score')
+    >>> focus("how many questions are on the AI-102 exam?")
+    ('question',)
+    >>> focus("How much does the course cost?")
+    ()
+    """
+    match = _FOCUS.match(normalise(text).strip())
+    if not match:
+        return ()
+    words = []
+    for word in match.group("rest").split():
+        word = word.strip("?!.,;:\"'()")
+        if not word or word in STOPWORDS or word in _FOCUS_ENDS or not word[0].isalpha():
+            break
+        words.append(word)
+        if len(words) == _FOCUS_WORDS:
+            break
+    return tuple(tokenize(" ".join(words)))
 
 
 def is_follow_up(text: str, *, has_history: bool) -> bool:

@@ -103,9 +103,16 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     join_probability = _join_probability(examples, oof_scores, ranker_platt, QUOTE_BUDGET)
     X = np.array([_evidence(e, s) for e, s in zip(examples, oof_scores, strict=True)])
     y = np.array([e.question.answerable for e in examples])
-    decider = _fit_linear(X, y, groups)
-    decision_oof = _out_of_fold_decisions(X, y, groups)
-    platt = _platt(decision_oof, y)
+    # The decision learns what evidence looks like when the best quote holds the answer,
+    # against questions the articles don't answer: an answerable question whose best
+    # quote (out of fold) misses teaches it nothing about either, and is left out of
+    # the fit (it still counts in the false-decline budget below). Calibrated, its
+    # probability is that of the best quote holding the answer.
+    holds = np.array([_first_holds_scored(e, s) for e, s in zip(examples, oof_scores, strict=True)])
+    taught = ~y | holds
+    decider = _fit_linear(X[taught], y[taught], groups[taught])
+    decision_oof = _out_of_fold_decisions(X, y, groups, taught)
+    platt = _platt(decision_oof, holds)
     probabilities = platt_probability(platt, decision_oof)
     threshold = _threshold(probabilities, y, groups, FALSE_DECLINE_BUDGET)
     body = {
@@ -206,8 +213,14 @@ def _ranker_strength(examples: list[Example], groups: np.ndarray) -> float:
 def _first_holds(params: dict, example: Example) -> bool:
     if not example.pool:
         return False
-    scores = _score(params, np.array([c.features for c in example.pool]))
-    return bool(example.labels[int(np.argmax(scores))])
+    return _first_holds_scored(
+        example, _score(params, np.array([c.features for c in example.pool]))
+    )
+
+
+def _first_holds_scored(example: Example, scores: np.ndarray) -> bool:
+    """Whether the best-scored candidate's quote holds an expected answer phrase."""
+    return bool(example.pool) and bool(example.labels[int(np.argmax(scores))])
 
 
 def _fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
@@ -223,6 +236,14 @@ def _fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
     Z = (X - scaler.mean_) / scale
     names, counts = np.unique(groups, return_counts=True)
     weights = (len(y) / len(names)) / counts[np.searchsorted(names, groups)]
+    import os
+
+    if os.environ.get("BAL"):
+        for g in names:
+            for label in (True, False):
+                m = (groups == g) & (y == label)
+                if m.any():
+                    weights[m] = (len(y) / len(names) / 2) / m.sum()
     strength = _strength(Z, y, groups, weights)
     model = _logistic(strength).fit(Z, y, weights)
     return {
@@ -304,10 +325,15 @@ def _evidence(example: Example, scores: np.ndarray) -> np.ndarray:
     return rank(example.analysed, list(example.pool), scores, list(example.hits))[2]
 
 
-def _out_of_fold_decisions(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def _out_of_fold_decisions(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, taught: np.ndarray
+) -> np.ndarray:
+    """Each question's decision score from a decision fitted without its corpus, on the
+    questions of the others that ``taught`` marks."""
     decisions = np.zeros(len(y))
     for held in _folds(groups):
-        params = _fit_linear(X[~held], y[~held], groups[~held])
+        train = ~held & taught
+        params = _fit_linear(X[train], y[train], groups[train])
         decisions[held] = _score(params, X[held])
     return decisions
 

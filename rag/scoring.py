@@ -62,6 +62,7 @@ CANDIDATE_FEATURES = (
     "name_missed",  # the question names a rare name its passage does not hold
     "name_in_unit",  # every rare name the question names is in the unit
     "emphasis_missed",  # a follow-up whose own words the unit does not hold
+    "focus_missed",  # IDF share of what the question asks about ("passing score") not there
 )
 QUESTION_FEATURES = (
     "best_score",  # the ranker's score of the best candidate
@@ -75,6 +76,7 @@ QUESTION_FEATURES = (
     "best_missing_rare",
     "best_own_missing_rare",
     "best_kind_stated",
+    "best_focus_missed",
     "max_cosine",  # the best cosine of any candidate
     "top_passage_cosine",
     "unknown_name",  # the question names something no article mentions
@@ -212,6 +214,7 @@ def candidates(
     rare = math.log(1 + len(index.passages))  # the IDF of a token no passage holds
     searched = _weights(index, question.search_tokens, rare)
     own = _weights(index, question.emphasis or question.tokens, rare)
+    focus = _weights(index, question.focus, rare)
     stressed = frozenset(question.emphasis)
     subject = frozenset(question.tokens) - _FRAME_WORDS
     rows: list[tuple[Hit, int, int, tuple[int, ...], list[float]]] = []
@@ -222,7 +225,10 @@ def candidates(
         cosines = index.sentence_vectors[first : first + count] @ vector
         heading = index.heading_tokens[hit.position]
         passage_words = index.passage_tokens[hit.position]
-        name_missed = any(name.isdisjoint(passage_words) for name in question.distinctive)
+        # A name no article mentions is missing from every passage, this one's too.
+        name_missed = bool(question.unknown_names) or any(
+            name.isdisjoint(passage_words) for name in question.distinctive
+        )
         introduction: frozenset[str] = frozenset()
         for i in range(count):
             row = first + i
@@ -294,6 +300,7 @@ def candidates(
                             and all(n <= quote_words for n in question.distinctive)
                         ),
                         float(bool(stressed) and stressed.isdisjoint(quote_words)),
+                        1 - _coverage(focus, quote_words, before) if focus else 0.0,
                     ],
                 )
             )
@@ -332,11 +339,12 @@ def question_features(
                 "missing_rare",
                 "own_missing_rare",
                 "kind_stated",
+                "focus_missed",
             )
         ]
         of_best.append(max(c.feature("cosine") for c in ranked))
     else:
-        head, of_best = [-10.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+        head, of_best = [-10.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
     return np.array(
         [
             *head,

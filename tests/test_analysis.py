@@ -37,6 +37,8 @@ def test_analysis_table(corpus_index: Index, case: dict) -> None:
         assert list(question.unknown_names) == case["unknown_names"]
     if "text" in case:
         assert question.text == case["text"]
+    if "focus" in case:
+        assert list(question.focus) == case["focus"]
     if not question.follow_up:
         assert question.search_text == question.text and not question.emphasis
 

@@ -111,7 +111,6 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
     "question",
     [
         "How much is the exam fee for the CertNexus CAIP?",  # no fee is given
-        "What is the salary of a prompt engineer in the US?",  # named, never paid
         "ai architect pay in south africa",  # a place named only in lower case
     ],
 )
@@ -149,8 +148,32 @@ def test_misspelled_words_are_searched_as_the_articles_spell_them(
     assert result.answered and "$200" in result.answer, result.answer
     assert result.question == "How much does the Gogle machine lerning exam cost?"
     # a place the articles never name is not "corrected" into one they do
-    declined = ask(corpus_index, embedder, "How much do AI engeneers earn in Swedan?")
-    assert not declined.answered and "Swedan" in declined.answer
+    named = analyse("How much do AI engeneers earn in Swedan?", (), corpus_index)
+    assert named.text == "How much do AI engineers earn in Swedan?"
+    assert named.unknown_names == ("Swedan",)
+
+
+@pytest.mark.parametrize(
+    ("missing", "covered"),
+    [
+        # a place no article names, against one they give salaries for
+        ("How much do AI engineers earn in Swedan?", "How much do AI engineers earn in Europe?"),
+        # a role the articles never pay, against the one they do
+        (
+            "What is the salary of a prompt engineer in the US?",
+            "What is the salary of an AI engineer in the US?",
+        ),
+    ],
+)
+def test_what_the_articles_lack_lowers_the_probability_of_answering(
+    corpus_index: Index, embedder: Embedder, missing: str, covered: str
+) -> None:
+    """The unknown place or the missed role is evidence the model weighs: the same question
+    about what the articles do cover is more likely to be answered. (Whether it tips the
+    decision is the fitted model's call; `rag eval --folds corpus` measures how often.)"""
+    lacking, answered = ask(corpus_index, embedder, missing), ask(corpus_index, embedder, covered)
+    assert answered.answered, answered.answer
+    assert lacking.probability < answered.probability, (lacking, answered)
 
 
 def test_spelling_correction_keeps_known_words_and_case() -> None:
