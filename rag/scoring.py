@@ -63,6 +63,7 @@ CANDIDATE_FEATURES = (
     "name_in_unit",  # every rare name the question names is in the unit
     "emphasis_missed",  # a follow-up whose own words the unit does not hold
     "focus_missed",  # IDF share of what the question asks about ("passing score") not there
+    "fused_share",  # its passage's fused retrieval score over the best passage's
 )
 QUESTION_FEATURES = (
     "best_score",  # the ranker's score of the best candidate
@@ -215,6 +216,7 @@ def candidates(
     searched = _weights(index, question.search_tokens, rare)
     own = _weights(index, question.emphasis or question.tokens, rare)
     focus = _weights(index, question.focus, rare)
+    top_score = max(h.score for h in hits) or 1.0
     stressed = frozenset(question.emphasis)
     subject = frozenset(question.tokens) - _FRAME_WORDS
     rows: list[tuple[Hit, int, int, tuple[int, ...], list[float]]] = []
@@ -301,6 +303,7 @@ def candidates(
                         ),
                         float(bool(stressed) and stressed.isdisjoint(quote_words)),
                         1 - _coverage(focus, quote_words, before) if focus else 0.0,
+                        hit.score / top_score,
                     ],
                 )
             )
