@@ -48,7 +48,7 @@ from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
 # 4: the manifest records every file's size and SHA-256; table rows and list items are
 # whole units with their shapes (cells, introduction); 5: initialisms ("U.S.") are words
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
 LOCK_FILE = "build.lock"
@@ -625,7 +625,8 @@ def index_is_current(settings: Settings) -> bool:
     except (RagError, OSError):
         return False
     return (
-        manifest.get("model") == settings.model
+        manifest.get("format_version") == FORMAT_VERSION  # a database's too
+        and manifest.get("model") == settings.model
         and isinstance(manifest.get("question_encoder"), dict)  # older builds have none
         and manifest.get("corpus_files") == [asdict(f) for f in files]
         and manifest.get("chunking") == _chunking(settings)
@@ -716,7 +717,13 @@ def load_index(settings: Settings, embedder: Embedder | None = None) -> Index:
 
 
 def check_manifest(settings: Settings, manifest: dict, embedder: Embedder | None) -> None:
-    """Refuse an index built with another model, or of another dimension than the model's."""
+    """Refuse an index of another format, built with another model, or of another dimension
+    than the model's."""
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"the index has format version {manifest.get('format_version')!r}, this version "
+            f"reads {FORMAT_VERSION}; run `rag index` to rebuild"
+        )
     if manifest.get("model") != settings.model:
         raise IndexMismatchError(
             f"the index was built with model {manifest.get('model')!r} but the settings ask for "

@@ -44,6 +44,12 @@ def normalise(text: str) -> str:
 _PLURAL_ACRONYM = re.compile(r"\b([A-Z]{2,})s\b")
 # "U.S." and "U.K." are the words "US" and "UK", not single letters (which are dropped).
 _INITIALISM = re.compile(r"\b(?:[A-Za-z]\.){2,}")
+# "83(b)", "401(k)", "Schedule A(u)": a bracketed letter is part of the name before it
+# (single letters are otherwise dropped, and "A(r)" and "A(u)" would read the same).
+_BRACKETED_LETTER = re.compile(r"\b([A-Za-z0-9]+)\(([A-Za-z])\)")
+# "Series B", "Plan B": a capital letter alone after a capitalised word names a kind of it;
+# it is read as both the word and the word with its letter ("series", "seriesb").
+_LETTER_NAME = re.compile(r"\b([A-Z][a-z]+) ([A-HJ-Z])\b(?![.'’])")
 
 
 def tokenize(text: str) -> list[str]:
@@ -53,6 +59,8 @@ def tokenize(text: str) -> list[str]:
     ['ai', 'architect', 'earn', '224000', '17', 'mlop', 'c++', 'llm']
     >>> tokenize("in the U.S. and the US")
     ['us', 'us']
+    >>> tokenize("Series B, an 83(b) election, Schedule A(u)")
+    ['seri', 'seriesb', '83b', 'elect', 'schedul', 'au']
     """
     return list(_stems(text))
 
@@ -60,6 +68,8 @@ def tokenize(text: str) -> list[str]:
 @lru_cache(maxsize=1 << 16)  # the same units are scored again for every question
 def _stems(text: str) -> tuple[str, ...]:
     text = _INITIALISM.sub(lambda m: m.group().replace(".", ""), text)
+    text = _BRACKETED_LETTER.sub(r"\1\2", text)
+    text = _LETTER_NAME.sub(r"\1 \1\2", text)
     found = _TOKEN.findall(normalise(_PLURAL_ACRONYM.sub(r"\1", text)))
     words = [t.replace(",", "") if t[0].isdigit() else t for t in found]
     words = [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]

@@ -177,3 +177,28 @@ def test_an_unreachable_database_is_one_clear_line(tiny_settings: Settings) -> N
     settings = tiny_settings.with_(database_url="postgresql://nobody@127.0.0.1:9/none")
     with pytest.raises(StorageError, match="cannot connect to the database in RAG_DATABASE_URL"):
         load_index(settings)
+
+
+def test_a_database_index_of_an_older_format_is_rebuilt_not_served(
+    tiny_settings: Settings, database_url: str, embedder: Embedder
+) -> None:
+    """The tokens change with the format: a generation of an older one is not current, and
+    loading it says to rebuild rather than search it with tokens it was not built with."""
+    from rag.database import connect
+    from rag.errors import IndexMismatchError
+    from rag.index import FORMAT_VERSION, index_is_current
+
+    one, _ = two_machines(tiny_settings, database_url)
+    build_index(one, embedder)
+    assert index_is_current(one)
+    with connect(database_url) as connection:
+        connection.execute(
+            "UPDATE rag_generations SET manifest = jsonb_set(manifest, '{format_version}', %s)"
+            " WHERE id = (SELECT generation FROM rag_active_generation)",
+            (str(FORMAT_VERSION - 1),),
+        )
+    assert not index_is_current(one)
+    with pytest.raises(IndexMismatchError, match="run `rag index` to rebuild"):
+        load_index(one, embedder)
+    build_index(one, embedder)
+    assert load_index(one, embedder).manifest["format_version"] == FORMAT_VERSION
