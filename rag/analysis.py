@@ -25,7 +25,7 @@ _CONNECTIVE = re.compile(
 )
 _FRAGMENT = re.compile(r"^(in|for|at|on|with|without|from|to|by|as|versus|vs)\b")
 _ANAPHOR = re.compile(
-    r"\b(it|its|this|these|those|they|them|that one|those ones|ones|he|she)\b"
+    r"\b(it|its|this|these|those|they|them|that one|that way|those ones|ones|he|she)\b"
     # "... block that?", "worked there" (not "is there ...", "there are ...")
     r"|\bthat$|(?<!\bis )(?<!\bare )(?<!\bwas )(?<!\bwere )\bthere\b(?! (?:is|are|was|were|be)\b)"
 )
