@@ -23,6 +23,11 @@ _CONNECTIVE = re.compile(
     r"^(and|or|but|also|then|so|what about|how about|what of|same for|same with|"
     r"and what about|ok and|okay and)\b"
 )
+# A follow-up with a question word of its own ("why?", "and how do I apply?") asks its own
+# kind of question; "what about ...?" and "how about ...?" ask the earlier one again.
+_OWN_QUESTION = re.compile(
+    r"^(?:and |but |so )?(why|how(?! about)|what(?! about| of)|which|who|where)\b"
+)
 _FRAGMENT = re.compile(r"^(in|for|at|on|with|without|from|to|by|as|versus|vs)\b")
 _ANAPHOR = re.compile(
     r"\b(it|its|this|these|those|they|them|that one|that way|those ones|ones|he|she)\b"
@@ -157,7 +162,8 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
     conversation = " ".join([*previous, text]) if previous else ""
     written = _names(text, index.proper_words)
     wants = wanted_kind(normalise(text))
-    if follow_up and wants == "other":  # "and in Europe?" asks what the question before it did
+    # "and in Europe?" asks what the question before it did; "why?" asks something else.
+    if follow_up and wants == "other" and not _OWN_QUESTION.match(normalise(text)):
         wants = wanted_kind(normalise(inherited))
     asked_about = focus(text) or (focus(inherited) if follow_up else ())
     return Question(
