@@ -161,9 +161,10 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
     search_tokens = (*tokenize(search_text), *emphasis)
     conversation = " ".join([*previous, text]) if previous else ""
     written = _names(text, index.proper_words)
-    wants = wanted_kind(normalise(text))
+    lowered = normalise(text)
+    wants = wanted_kind(lowered)
     # "and in Europe?" asks what the question before it did; "why?" asks something else.
-    if follow_up and wants == "other" and not _OWN_QUESTION.match(normalise(text)):
+    if follow_up and wants == "other" and not _OWN_QUESTION.match(lowered):
         wants = wanted_kind(normalise(inherited))
     asked_about = focus(text) or (focus(inherited) if follow_up else ())
     return Question(

@@ -236,14 +236,6 @@ def _fit_linear(X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict:
     Z = (X - scaler.mean_) / scale
     names, counts = np.unique(groups, return_counts=True)
     weights = (len(y) / len(names)) / counts[np.searchsorted(names, groups)]
-    import os
-
-    if os.environ.get("BAL"):
-        for g in names:
-            for label in (True, False):
-                m = (groups == g) & (y == label)
-                if m.any():
-                    weights[m] = (len(y) / len(names) / 2) / m.sum()
     strength = _strength(Z, y, groups, weights)
     model = _logistic(strength).fit(Z, y, weights)
     return {

@@ -47,7 +47,8 @@ from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
 # 4: the manifest records every file's size and SHA-256; table rows and list items are
-# whole units with their shapes (cells, introduction); 5: initialisms ("U.S.") are words
+# whole units with their shapes (cells, introduction); 5: initialisms ("U.S.") are words;
+# 6: bracketed and name letters ("83(b)" -> "83b", "Series B" -> "seri", "seriesb")
 FORMAT_VERSION = 6
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
