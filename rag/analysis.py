@@ -58,7 +58,8 @@ _FOCUS_WORDS = 4
 _FOCUS_ENDS = frozenset(
     ["among", "across", "per", "within", "without", "versus", "vs", "like", "near", "around"]
 )
-_NAME = re.compile(r"[A-Za-z][\w'-]*|\d[\d,.]*[A-Za-z]*")
+# A bracketed letter belongs to its name: "83(b)", "401(k)", "Schedule A(u)".
+_NAME = re.compile(r"[A-Za-z][\w'-]*(?:\([A-Za-z]\))?|\d[\d,.]*[A-Za-z]*(?:\([A-Za-z]\))?")
 # A name held by more than this share of passages ("AI") tells nothing apart.
 COMMON_NAME_SHARE = 0.1
 
@@ -96,6 +97,12 @@ class Question:
     # Stems of what the question asks about ("passing score"; see `focus`), or a
     # follow-up's inherited question's when it names none of its own.
     focus: tuple[str, ...] = ()
+    # The question without the words no article uses ("" when it has none), and how far
+    # its meaning moves without them (1 - cosine of the two embeddings; set once the
+    # question is embedded): an unknown word carrying the question ("pastry chef")
+    # moves it far, casual filler ("lol") barely.
+    known_text: str = ""
+    unknown_meaning: float = 0.0
 
     @property
     def wants_figure(self) -> bool:
@@ -118,6 +125,7 @@ class Question:
             "emphasis": list(self.emphasis),
             "conversation": self.conversation,
             "focus": list(self.focus),
+            "unknown_meaning": round(self.unknown_meaning, 3),
         }
 
 
@@ -189,7 +197,20 @@ def analyse(question: str, history: tuple[str, ...] | list[str], index: Index) -
         conversation=conversation,
         conversation_tokens=tuple(tokenize(conversation)),
         focus=asked_about,
+        known_text=_known_text(index, text),
     )
+
+
+def _known_text(index: Index, text: str) -> str:
+    """The question without the words no article uses; "" when it has none (or only such)."""
+    words = text.split()
+    kept = [w for w in words if not _unknown_word(index, w)]
+    return " ".join(kept) if kept and len(kept) < len(words) else ""
+
+
+def _unknown_word(index: Index, word: str) -> bool:
+    tokens = tokenize(word)
+    return bool(tokens) and all(all(s not in index.idf for s in synonyms(t)) for t in tokens)
 
 
 def focus(text: str) -> tuple[str, ...]:

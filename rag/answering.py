@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -186,6 +186,10 @@ def find_candidates(
     of answering that does not depend on the answer model (`rag fit` learns from it)."""
     analysed = analyse(question, history, index)
     vector = embedder.encode_query(analysed.search_text)
+    if analysed.known_text:
+        own = vector if not analysed.follow_up else embedder.encode_query(analysed.text)
+        lost = 1.0 - float(own @ embedder.encode_query(analysed.known_text))
+        analysed = replace(analysed, unknown_meaning=lost)
     if analysed.follow_up:  # lean the search towards what the follow-up adds
         vector = vector + embedder.encode_query(analysed.text)
         vector = vector / np.linalg.norm(vector)

@@ -64,9 +64,12 @@ _HAS_DATE = re.compile(
     r"october|november|december)\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b",
     re.IGNORECASE,
 )
-# A count or any other amount: digits that are not part of a code ("AI-102", "A100").
+# A count: a number that is not part of a code ("AI-102", "A100"), nor money ("$165")
+# nor a share ("35%").
 _HAS_COUNT = re.compile(
-    rf"(?<![\w-])\d|\b(?:{_NUMBER_WORDS.replace('|a|an|half an?', '')})\b", re.IGNORECASE
+    r"(?<![\w$€£₹¥.,-])\d(?![\d,.]*\s?(?:%|k\b|m\b|lpa\b|per ?cent\b|usd\b|dollars?\b))"
+    rf"|\b(?:{_NUMBER_WORDS.replace('|a|an|half an?', '')})\b",
+    re.IGNORECASE,
 )
 HAS_DIGIT = re.compile(r"(?<![\w-])\d")
 
@@ -119,10 +122,14 @@ _ASKS_YESNO = re.compile(
     r"^(is|are|do|does|did|can|could|should|will|would|has|have|must|may|was|were)\b"
 )
 
+# "How many paid holidays ..." counts holidays, whatever they are paid.
+_ASKS_HOW_MANY = re.compile(r"\bhow many\b(?! (dollars|euros|pounds|rupees)\b)")
+
 # In order: the first kind whose pattern a question matches is what it asks for.
 _ASKS = (
     ("share", _ASKS_SHARE),
     ("duration", _ASKS_DURATION),
+    ("count", _ASKS_HOW_MANY),
     ("amount", _ASKS_AMOUNT),
     ("date", _ASKS_DATE),
     ("count", _ASKS_COUNT),
@@ -142,6 +149,8 @@ def wanted_kind(lowered: str) -> str:
     'definition'
     >>> wanted_kind("which cloud certification is cheapest")
     'amount'
+    >>> wanted_kind("how many paid holidays do ai architects get?")
+    'count'
     """
     text = lowered.strip().rstrip("?!. ")
     for kind, asks in _ASKS:
@@ -163,6 +172,8 @@ def states(kind: str, text: str) -> bool:
     True
     >>> states("share", "one-fifth of them")
     True
+    >>> [states("count", t) for t in ("60 questions", "three rounds", "$120,000", "35%")]
+    [True, True, False, False]
     """
     pattern = _STATES.get(kind)
     return bool(pattern and pattern.search(text))

@@ -64,6 +64,9 @@ CANDIDATE_FEATURES = (
     "emphasis_missed",  # a follow-up whose own words the unit does not hold
     "focus_missed",  # IDF share of what the question asks about ("passing score") not there
     "fused_share",  # its passage's fused retrieval score over the best passage's
+    "table_row",  # the unit is a row of a table
+    "list_item",  # the unit is an item of a list
+    "list_wanted_item",  # a list question, and the unit is a list item or table row
 )
 QUESTION_FEATURES = (
     "best_score",  # the ranker's score of the best candidate
@@ -82,6 +85,7 @@ QUESTION_FEATURES = (
     "top_passage_cosine",
     "unknown_name",  # the question names something no article mentions
     "unknown_share",  # its IDF weight on words no article uses
+    "unknown_meaning",  # how far its meaning moves without those words
     "wants_figure",
     "follow_up",
     "question_words",  # log(1 + content words)
@@ -258,6 +262,7 @@ def candidates(
             quote = " ".join(passage.text[slice(*passage.sentences[j])] for j in units)
             quote_words = words.union(*(index.sentence_tokens[first + j] for j in units))
             figure = question.wants in FIGURE_KINDS
+            shape = passage.shape(units[0]).kind
             stated = figure and states(question.wants, quote)
             label = is_label(text)
             rows.append(
@@ -304,6 +309,9 @@ def candidates(
                         float(bool(stressed) and stressed.isdisjoint(quote_words)),
                         1 - _coverage(focus, quote_words, before) if focus else 0.0,
                         hit.score / top_score,
+                        float(shape == "table_row"),
+                        float(shape == "list_item"),
+                        float(question.wants == "list" and shape != "sentence"),
                     ],
                 )
             )
@@ -355,6 +363,7 @@ def question_features(
             max((h.dense for h in hits), default=0.0),
             float(bool(question.unknown_names)),
             question.unknown_share,
+            question.unknown_meaning,
             float(question.wants_figure),
             float(question.follow_up),
             math.log1p(len(question.tokens)),

@@ -39,6 +39,8 @@ def test_analysis_table(corpus_index: Index, case: dict) -> None:
         assert question.text == case["text"]
     if "focus" in case:
         assert list(question.focus) == case["focus"]
+    if "known_text" in case:
+        assert question.known_text == case["known_text"]
     if not question.follow_up:
         assert question.search_text == question.text and not question.emphasis
 

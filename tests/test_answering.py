@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from rag.analysis import analyse, is_follow_up
-from rag.answering import Answer, answer_question
+from rag.answering import Answer, answer_question, find_candidates
 from rag.cli import cli
 from rag.embedding import Embedder
 from rag.errors import InputError
@@ -105,6 +105,21 @@ def test_off_topic_questions_are_declined_with_the_closest_passages(
     assert result.answer.startswith("The articles don't")
     assert len(result.citations) == 5
     assert all(not c.highlights for c in result.citations)
+
+
+def test_unknown_words_that_carry_the_question_move_its_meaning(
+    corpus_index: Index, embedder: Embedder
+) -> None:
+    """Words no article uses weigh as evidence by how much of the question they carry:
+    a profession the articles never name moves it far, casual filler barely."""
+
+    def moved(question: str) -> float:
+        analysed, _, _ = find_candidates(corpus_index, embedder, question, [], top_k=5)
+        return analysed.unknown_meaning
+
+    assert moved("What skills does an AI engineer need?") == 0.0  # every word is known
+    filler = moved("what skills does an AI engineer need lol")
+    assert 0.0 < filler < moved("What skills does a pastry chef need?")
 
 
 @pytest.mark.parametrize(
