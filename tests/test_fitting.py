@@ -22,6 +22,7 @@ from rag.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "benchmarks" / "questions"
+HELD_OUT = ROOT / "benchmarks" / "heldout"  # never fitted on: new questions to judge by
 
 
 def _sample(corpus: str = "corpus") -> list:
@@ -112,6 +113,24 @@ def test_rag_fit_reproduces_the_shipped_model(tmp_path: Path) -> None:
     assert "leave one corpus out" in result.output
     assert "| equity-guide |" in result.output and "| mean |" in result.output
     assert "| near miss |" in result.output
+    # the held-out sets, each asked of its corpus's index with the shipped model
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            str(HELD_OUT / "tts-handbook"),
+            "--per-corpus",
+            "--corpora",
+            str(ROOT / "benchmarks" / "corpora"),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"each corpus on its own index, model {shipped['version']}\n" in result.output
+    assert "| tts-handbook | 70 |" in result.output and "in sample" not in result.output
+    both = CliRunner().invoke(cli, ["eval", str(HELD_OUT), "--per-corpus", "--folds", "corpus"])
+    assert both.exit_code == 2 and "--folds and --per-corpus exclude each other" in both.output
 
 
 def test_explain_shows_each_stage_and_never_changes_the_answer(
@@ -261,9 +280,19 @@ def test_no_phrase_of_a_question_set_spans_table_cells() -> None:
     across cells ("Japan | ¥9,943,766") matches nothing and marks a right answer wrong."""
     spanning = [
         (path.name, row["id"], phrase)
-        for path in sorted(QUESTIONS.rglob("*.jsonl"))
+        for path in sorted([*QUESTIONS.rglob("*.jsonl"), *HELD_OUT.rglob("*.jsonl")])
         for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())
         for phrase in [*row["evidence"], *row["answer_contains"]]
         if "|" in phrase
     ]
     assert spanning == []
+
+
+def test_held_out_sets_are_valid_and_never_fitted_on() -> None:
+    shipped = json.loads((ROOT / "rag" / "models" / "answer.json").read_text())
+    sets = sorted(HELD_OUT.rglob("*.jsonl"))
+    assert len(sets) == 4
+    for path in sets:
+        rows = load_questions(path, path.parent.name)
+        assert len(rows) >= 60 and {r.corpus for r in rows} == {path.parent.name}
+        assert not any(str(path.relative_to(ROOT)) in s for s in shipped["fitted_on"]["sources"])
