@@ -122,6 +122,12 @@ _ASKS_YESNO = re.compile(
     r"^(is|are|do|does|did|can|could|should|will|would|has|have|must|may|was|were)\b"
 )
 
+# A yes/no question asks for a figure only in so many words ("... and by how much?").
+_ASKS_FIGURE = re.compile(
+    r"\bhow (much|long|many|often|soon|big|large)\b|\bwhat (percent|percentage|share|proportion)\b"
+    r"|\bwhen (is|are|do|does|will|can|should)\b|%"
+)
+
 # "How many paid holidays ..." counts holidays, whatever they are paid.
 _ASKS_HOW_MANY = re.compile(r"\bhow many\b(?! (dollars|euros|pounds|rupees)\b)")
 
@@ -151,8 +157,12 @@ def wanted_kind(lowered: str) -> str:
     'amount'
     >>> wanted_kind("how many paid holidays do ai architects get?")
     'count'
+    >>> wanted_kind("is the signing bonus negotiable?")
+    'yesno'
     """
     text = lowered.strip().rstrip("?!. ")
+    if _ASKS_YESNO.search(text) and not _ASKS_FIGURE.search(text):
+        return "yesno"  # "is the signing bonus negotiable?" asks no amount
     for kind, asks in _ASKS:
         if asks.search(text) and not (kind == "definition" and _LIST_NOUNS.search(text)):
             return kind  # "what are the steps ..." asks for a list, not a definition
