@@ -95,7 +95,14 @@ _ASKS_DURATION = re.compile(
     r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b|\bhow often\b|\bhow soon\b"
     r"|\bwhat (duration|length|period|timeline)\b"
 )
-_ASKS_DATE = re.compile(r"\b(when|what year|which year|by when|since when|what date|deadline)\b")
+# "When" asks for a date as the question word ("when is ...", "..., when do we ..."), not
+# in a clause ("what happens if I don't hand back my laptop when I leave").
+_STARTS_WHEN = re.compile(r"^(and |so |ok |but )?when\b")
+_ASKS_DATE = re.compile(
+    rf"{_STARTS_WHEN.pattern}"
+    r"|\bwhen (is|are|am|was|were|do|does|did|will|can|could|should|would|must|has|have)\b"
+    r"|\b(what year|which year|by when|since when|what date|deadline)\b"
+)
 _ASKS_COUNT = re.compile(
     r"\bhow many\b|\bnumber of\b|\bhow big\b|\bhow large\b|\b(what|which|passing|pass) "
     r"(score|mark|grade|level)\b|\bscore (do|does) (i|you|one) need\b"
@@ -159,6 +166,8 @@ def wanted_kind(lowered: str) -> str:
     'count'
     >>> wanted_kind("is the signing bonus negotiable?")
     'yesno'
+    >>> wanted_kind("what happens if i dont hand back my laptop when i leave")
+    'other'
     """
     text = lowered.strip().rstrip("?!. ")
     if _ASKS_YESNO.search(text) and not _ASKS_FIGURE.search(text):
