@@ -186,12 +186,12 @@ def find_candidates(
     of answering that does not depend on the answer model (`rag fit` learns from it)."""
     analysed = analyse(question, history, index)
     vector = embedder.encode_query(analysed.search_text)
-    if analysed.known_text:
-        own = vector if not analysed.follow_up else embedder.encode_query(analysed.text)
-        lost = 1.0 - float(own @ embedder.encode_query(analysed.known_text))
+    own_vector = embedder.encode_query(analysed.text) if analysed.follow_up else vector
+    if analysed.known_text:  # how far the words no article uses move the question
+        lost = 1.0 - float(own_vector @ embedder.encode_query(analysed.known_text))
         analysed = replace(analysed, unknown_meaning=lost)
     if analysed.follow_up:  # lean the search towards what the follow-up adds
-        vector = vector + embedder.encode_query(analysed.text)
+        vector = vector + own_vector
         vector = vector / np.linalg.norm(vector)
     required = [*([analysed.roles] if analysed.roles else []), *analysed.distinctive]
     query = question_query(analysed, vector)
