@@ -210,7 +210,12 @@ def _known_text(index: Index, text: str) -> str:
 
 def _unknown_word(index: Index, word: str) -> bool:
     tokens = tokenize(word)
-    return bool(tokens) and all(all(s not in index.idf for s in synonyms(t)) for t in tokens)
+    return bool(tokens) and all(_never_used(index, t) for t in tokens)
+
+
+def _never_used(index: Index, token: str) -> bool:
+    """Whether no article uses the token, even as a synonym."""
+    return all(s not in index.idf for s in synonyms(token))
 
 
 def focus(text: str) -> tuple[str, ...]:
@@ -348,5 +353,5 @@ def unknown_share(index: Index, tokens: tuple[str, ...] | list[str]) -> float:
     synonym (a token no passage holds weighs as much as the rarest)."""
     rare = math.log(1 + len(index.passages))
     weights = {t: index.idf.get(t, rare) for t in tokens}
-    unknown = sum(w for t, w in weights.items() if all(s not in index.idf for s in synonyms(t)))
+    unknown = sum(w for t, w in weights.items() if _never_used(index, t))
     return unknown / (sum(weights.values()) or 1.0)

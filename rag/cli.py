@@ -7,12 +7,15 @@ import signal
 import sys
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rag.errors import RagError
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.scoring import AnswerModel
 
 
 def _fail_cleanly(command: Any) -> Any:
@@ -353,8 +356,7 @@ def eval_command(
                 for index, questions in loaded.values()
                 for row in evaluate(index, embedder, questions, k=k, model=model)[1]
             ]
-            fitted = {Path(f).parts[-2:] for f in model.data["fitted_on"]["sources"]}
-            inside = any(f.parts[-2:] in fitted for f in set_files(list(sets)))
+            inside = _fitted_on(model, set_files(list(sets)))
             how = f"each corpus on its own index, model {model.version}" + (
                 " (in sample: the model was fitted on some of these questions)" if inside else ""
             )
@@ -379,13 +381,18 @@ def eval_command(
             scores, mode_rows = evaluate(index, embedder, questions, k=k, mode=mode, model=model)
             all_scores.append(scores)
             rows.extend(mode_rows)
-        fitted = {Path(f).parts[-2:] for f in model.data.get("fitted_on", {}).get("sources", [])}
-        inside = any(f.parts[-2:] in fitted for f in files)
+        inside = _fitted_on(model, files)
         label = " (in sample: the model was fitted on these questions)" if inside else ""
         click.echo(f"{len(questions)} questions, k={k}, model {model.version}{label}\n")
         click.echo(scores_table(all_scores))
     if json_out:
         json_out.write_text(scores_json(all_scores, rows))
+
+
+def _fitted_on(model: AnswerModel, files: list[Path]) -> bool:
+    """Whether the model was fitted on any of the question set files (by folder and name)."""
+    fitted = {Path(f).parts[-2:] for f in model.data.get("fitted_on", {}).get("sources", [])}
+    return any(f.parts[-2:] in fitted for f in files)
 
 
 @cli.command("fit")

@@ -97,9 +97,8 @@ _ASKS_DURATION = re.compile(
 )
 # "When" asks for a date as the question word ("when is ...", "..., when do we ..."), not
 # in a clause ("what happens if I don't hand back my laptop when I leave").
-_STARTS_WHEN = re.compile(r"^(and |so |ok |but )?when\b")
 _ASKS_DATE = re.compile(
-    rf"{_STARTS_WHEN.pattern}"
+    r"^(and |so |ok |but )?when\b"
     r"|\bwhen (is|are|am|was|were|do|does|did|will|can|could|should|would|must|has|have)\b"
     r"|\b(what year|which year|by when|since when|what date|deadline)\b"
 )

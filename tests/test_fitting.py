@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from rag.answering import answer_question
 from rag.cli import cli
@@ -70,22 +70,16 @@ def test_a_model_of_another_format_or_features_is_refused(tmp_path: Path) -> Non
         load_model(path)
 
 
+def _on_benchmark_corpora(tmp_path: Path, *args: str) -> Result:
+    """A `rag` command over the benchmark corpora, their indexes built once in ``tmp_path``."""
+    where = ["--corpora", str(ROOT / "benchmarks" / "corpora"), "--cache", str(tmp_path / "cache")]
+    return CliRunner().invoke(cli, [*args, *where])
+
+
 def test_rag_fit_reproduces_the_shipped_model(tmp_path: Path) -> None:
     """The fit command, run on the question sets over the corpora, gives the shipped weights."""
     out = tmp_path / "answer.json"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "fit",
-            str(QUESTIONS),
-            "--out",
-            str(out),
-            "--corpora",
-            str(ROOT / "benchmarks" / "corpora"),
-            "--cache",
-            str(tmp_path / "cache"),
-        ],
-    )
+    result = _on_benchmark_corpora(tmp_path, "fit", str(QUESTIONS), "--out", str(out))
     assert result.exit_code == 0, result.output
     fitted, shipped = json.loads(out.read_text()), json.loads(SHIPPED_MODEL.read_text())
     assert fitted["fitted_on"]["questions"] == shipped["fitted_on"]["questions"]
@@ -95,37 +89,20 @@ def test_rag_fit_reproduces_the_shipped_model(tmp_path: Path) -> None:
         np.testing.assert_allclose(fitted[part]["coef"], shipped[part]["coef"], atol=1e-3)
     assert abs(fitted["decider"]["threshold"] - shipped["decider"]["threshold"]) < 0.01
     # leave one corpus out, on the indexes the fit just built
-    result = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            str(QUESTIONS / "equity-guide"),
-            str(QUESTIONS / "tts-handbook"),
-            "--folds",
-            "corpus",
-            "--corpora",
-            str(ROOT / "benchmarks" / "corpora"),
-            "--cache",
-            str(tmp_path / "cache"),
-        ],
+    result = _on_benchmark_corpora(
+        tmp_path,
+        "eval",
+        str(QUESTIONS / "equity-guide"),
+        str(QUESTIONS / "tts-handbook"),
+        "--folds",
+        "corpus",
     )
     assert result.exit_code == 0, result.output
     assert "leave one corpus out" in result.output
     assert "| equity-guide |" in result.output and "| mean |" in result.output
     assert "| near miss |" in result.output
     # the held-out sets, each asked of its corpus's index with the shipped model
-    result = CliRunner().invoke(
-        cli,
-        [
-            "eval",
-            str(HELD_OUT / "tts-handbook"),
-            "--per-corpus",
-            "--corpora",
-            str(ROOT / "benchmarks" / "corpora"),
-            "--cache",
-            str(tmp_path / "cache"),
-        ],
-    )
+    result = _on_benchmark_corpora(tmp_path, "eval", str(HELD_OUT / "tts-handbook"), "--per-corpus")
     assert result.exit_code == 0, result.output
     assert f"each corpus on its own index, model {shipped['version']}\n" in result.output
     assert "| tts-handbook | 70 |" in result.output and "in sample" not in result.output
