@@ -214,11 +214,12 @@ def find_candidates(
 def _choose(
     index: Index, model: AnswerModel, ranked: list[Candidate], scores: np.ndarray
 ) -> list[_Quote]:
-    """The best candidate with its continuation, then any other the ranker finds likely
-    enough (``join_probability``), never the same unit twice, at most `MAX_QUOTES`."""
+    """The best candidate with its continuation, then any other the ranker finds nearly as
+    likely to hold the answer (`AnswerModel.joins`), never the same unit twice, at most
+    `MAX_QUOTES`."""
     chosen: list[_Quote] = []
     for n, candidate in enumerate(ranked):
-        if n and model.quote_probability(float(scores[n])) < model.join_probability:
+        if n and not model.joins(float(scores[n]), float(scores[0])):
             break
         group = [
             _Quote(candidate.hit, i, candidate.row + i - candidate.sentence)

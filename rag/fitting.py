@@ -42,8 +42,9 @@ from rag.settings import Settings
 # decline costs a reader an answer the articles hold; a wrong answer shows its sources.
 FALSE_DECLINE_BUDGET = 0.05
 # Units an answer quotes, on average over answerable questions, out of fold: a unit more
-# than the best one joins when the ranker finds it likely enough to hold the answer, with
-# "likely enough" fitted as the lowest probability that keeps answers within this length.
+# than the best one joins when the ranker finds it nearly as likely to hold the answer as
+# the best, with "nearly" fitted as the lowest share of the best's probability that keeps
+# answers within this length. The budget goes to the questions whose ranking is least sure.
 # One or two sentences, rows or items are what a reader takes in at a glance.
 QUOTE_BUDGET = 2.0
 # The regularisation strengths (scikit-learn's C) the decision's fit chooses among: a
@@ -100,7 +101,7 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
     unit_scores = np.concatenate([s for (s, _), a in zip(scored, answerable, strict=True) if a])
     unit_labels = np.concatenate([lab for (_, lab), a in zip(scored, answerable, strict=True) if a])
     ranker_platt = _platt(unit_scores, unit_labels)
-    join_probability = _join_probability(examples, oof_scores, ranker_platt, QUOTE_BUDGET)
+    join_share = _join_share(examples, oof_scores, ranker_platt, QUOTE_BUDGET)
     X = np.array([_evidence(e, s) for e, s in zip(examples, oof_scores, strict=True)])
     y = np.array([e.question.answerable for e in examples])
     # The decision learns what evidence looks like when the best quote holds the answer,
@@ -129,7 +130,7 @@ def fit_model(examples: list[Example], *, sources: list[str] | None = None) -> d
             "threshold": round(threshold, 6),
             "false_decline_budget": FALSE_DECLINE_BUDGET,
         },
-        "join_probability": round(join_probability, 6),
+        "join_share": round(join_share, 6),
         "quote_budget": QUOTE_BUDGET,
         "fitted_on": {
             "sources": sorted(sources or []),
@@ -338,14 +339,15 @@ def _platt(decisions: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return -float(fitted.coef_[0][0]), -float(fitted.intercept_[0])
 
 
-def _join_probability(
+def _join_share(
     examples: list[Example],
     scores: list[np.ndarray],
     platt: tuple[float, float],
     budget: float,
 ) -> float:
-    """The lowest probability at which a further candidate joins the answer that keeps the
-    mean units quoted for answerable questions within ``budget``, on out-of-fold scores.
+    """The lowest share of the best candidate's quote probability at which a further one
+    joins the answer that keeps the mean units quoted for answerable questions within
+    ``budget``, on out-of-fold scores.
 
     The answers are simulated as `rag.answering` chooses its quotes, except that units
     the answer step would drop as near repeats of chosen ones count here: the length
@@ -355,19 +357,21 @@ def _join_probability(
     rows = [(e, s) for e, s in rows if e.pool]
     if not rows:
         return 1.0
-    for probability in np.linspace(0.0, 1.0, 101):
-        units = [_quoted_units(e, s, platt, float(probability)) for e, s in rows]
+    for share in np.linspace(0.0, 1.0, 101):
+        units = [_quoted_units(e, s, platt, float(share)) for e, s in rows]
         if float(np.mean(units)) <= budget:
-            return float(probability)
+            return float(share)
     return 1.0
 
 
 def _quoted_units(
-    example: Example, scores: np.ndarray, platt: tuple[float, float], join: float
+    example: Example, scores: np.ndarray, platt: tuple[float, float], share: float
 ) -> int:
     chosen: set[tuple[int, int]] = set()
-    for n, i in enumerate(np.argsort(-scores, kind="stable")):
-        if n and float(platt_probability(platt, scores[i])) < join:
+    order = np.argsort(-scores, kind="stable")
+    best = float(platt_probability(platt, scores[order[0]]))
+    for n, i in enumerate(order):
+        if n and float(platt_probability(platt, scores[i])) < share * best:
             break
         candidate = example.pool[i]
         group = {(candidate.hit.position, u) for u in candidate.units}

@@ -27,7 +27,7 @@ from rag.index import Index
 from rag.retrieval import Hit
 from rag.tokens import synonyms, tokenize
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
 SHIPPED_MODEL = Path(__file__).parent / "models" / "answer.json"
 MAX_QUOTES = 3  # units an answer quotes at most (a list item brings its introduction)
 # A line this short (in words) that states no figure introduces what follows it.
@@ -150,7 +150,8 @@ class AnswerModel:
     decider: Linear
     platt: tuple[float, float]  # P(answered) = 1 / (1 + exp(a * score + b))
     threshold: float  # answer when P(answered) is at least this
-    join_probability: float  # a further unit joins when its quote_probability is this or more
+    # A further unit joins when its quote_probability is at least this share of the best's.
+    join_share: float
     data: dict
 
     def rank(self, features: np.ndarray) -> np.ndarray:
@@ -158,6 +159,12 @@ class AnswerModel:
 
     def quote_probability(self, score: float) -> float:
         return float(platt_probability(self.ranker_platt, score))
+
+    def joins(self, score: float, best: float) -> bool:
+        """Whether a further unit scored ``score`` joins an answer led by one scored ``best``:
+        when the ranker finds it nearly as likely to hold the answer, it cannot tell them
+        apart, and the reader gets both."""
+        return self.quote_probability(score) >= self.join_share * self.quote_probability(best)
 
     def probability(self, question_features: np.ndarray) -> float:
         return float(platt_probability(self.platt, self.decider.score(question_features)))
@@ -184,7 +191,7 @@ class AnswerModel:
             decider=Linear.from_dict(data["decider"]),
             platt=(float(data["decider"]["platt"][0]), float(data["decider"]["platt"][1])),
             threshold=float(data["decider"]["threshold"]),
-            join_probability=float(data["join_probability"]),
+            join_share=float(data["join_share"]),
             data=data,
         )
 

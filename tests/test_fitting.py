@@ -70,6 +70,19 @@ def test_a_model_of_another_format_or_features_is_refused(tmp_path: Path) -> Non
         load_model(path)
 
 
+def test_a_further_unit_joins_only_when_nearly_as_likely_as_the_best() -> None:
+    """The join compares a unit with the best one: a close second joins a confident answer
+    and an unsure one alike; a unit far less likely than the best does not."""
+    model = load_model()
+    assert 0 < model.join_share < 1
+    for best in (-2.0, 0.0, 3.0):  # unsure, middling and confident answers
+        assert model.joins(best, best)
+        assert model.joins(best - 1e-6, best)
+        assert not model.joins(best - 20.0, best)
+        ratio = model.quote_probability(best - 1.0) / model.quote_probability(best)
+        assert model.joins(best - 1.0, best) == (ratio >= model.join_share)
+
+
 def _on_benchmark_corpora(tmp_path: Path, *args: str) -> Result:
     """A `rag` command over the benchmark corpora, their indexes built once in ``tmp_path``."""
     where = ["--corpora", str(ROOT / "benchmarks" / "corpora"), "--cache", str(tmp_path / "cache")]
