@@ -224,8 +224,8 @@ def by_type(rows: list[dict]) -> list[tuple[str, int, float | None]]:
         if not r["answerable"]:
             kind = "near miss" if r["near_miss"] else "off topic"
         kinds.setdefault(kind, []).append(r)
-        if r["follow_up"]:
-            kinds.setdefault("follow-up (any type)", []).append(r)
+        if r["follow_up"] and r["answerable"]:  # as the follow-up column counts them
+            kinds.setdefault("follow-up (answerable, any type)", []).append(r)
     result = []
     for kind, items in sorted(kinds.items()):
         if items[0]["answerable"]:
