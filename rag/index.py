@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -485,6 +487,7 @@ def _write(
         "dimension": dimension,
         "index_kind": kinds,
         "chunking": _chunking(settings),
+        "builder": builder(),
         "corpus_files": [asdict(f) for f in files],
         "counts": {
             "articles": len(articles),
@@ -631,7 +634,28 @@ def index_is_current(settings: Settings) -> bool:
         and isinstance(manifest.get("question_encoder"), dict)  # older builds have none
         and manifest.get("corpus_files") == [asdict(f) for f in files]
         and manifest.get("chunking") == _chunking(settings)
+        and manifest.get("builder") == builder()
     )
+
+
+# What turns corpus files into passages, tokens and IDF: a change to any of them changes an
+# index built from the same files, so an index built by other code is out of date.
+_BUILDER_MODULES = ("ingest", "chunking", "tokens", "embedding", "index")
+_BUILDER_LIBRARIES = ("lxml", "markdown-it-py", "pysbd", "bm25s", "PyStemmer", "english-words")
+
+
+@functools.cache
+def builder() -> dict[str, str]:
+    """The digest of the code and parsing libraries that build an index, for its manifest."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in _BUILDER_MODULES:
+        digest.update((here / f"{name}.py").read_bytes())
+    for path in sorted((here / "data").glob("*.txt")):
+        digest.update(path.read_bytes())
+    for library in _BUILDER_LIBRARIES:
+        digest.update(f"{library}=={metadata.version(library)}".encode())
+    return {"code": digest.hexdigest()[:16]}
 
 
 def _chunking(settings: Settings) -> dict[str, int]:

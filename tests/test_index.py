@@ -187,6 +187,11 @@ def test_rag_index_if_needed_builds_only_what_is_out_of_date(tiny_settings: Sett
     assert not index_is_current(tiny_settings)  # an older format
     assert "indexed 3 articles" in runner.invoke(cli, args).output
     assert index_is_current(tiny_settings)
+    other = json.loads(manifest.read_text()) | {"builder": {"code": "built-by-other-code"}}
+    manifest.write_text(json.dumps(other))
+    assert not index_is_current(tiny_settings)  # built by other ingest or chunking code
+    assert "indexed 3 articles" in runner.invoke(cli, args).output
+    assert index_is_current(tiny_settings)
 
 
 def test_load_refuses_missing_and_mismatched_indexes(
