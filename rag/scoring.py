@@ -231,6 +231,7 @@ def candidates(
     stressed = frozenset(question.emphasis)
     subject = frozenset(question.tokens) - _FRAME_WORDS
     rows: list[tuple[Hit, int, int, tuple[int, ...], list[float]]] = []
+    quoted: set[str] = set()
     for hit in hits:
         passage = hit.passage
         first = int(index.sentence_start[hit.position])
@@ -267,6 +268,9 @@ def candidates(
                 text = passage.text[slice(*passage.sentences[units[0]])]
                 cosine = float(cosines[units[0]])
             quote = " ".join(passage.text[slice(*passage.sentences[j])] for j in units)
+            if quote in quoted:  # passages overlap: a better-ranked hit offers it already
+                continue
+            quoted.add(quote)
             quote_words = words.union(*(index.sentence_tokens[first + j] for j in units))
             figure = question.wants in FIGURE_KINDS
             shape = passage.shape(units[0]).kind
