@@ -49,6 +49,11 @@ class Passage:
     def sentence_texts(self) -> list[str]:
         return [self.text[start:end] for start, end in self.sentences]
 
+    def context_texts(self) -> list[str]:
+        """Each unit under its article's title and section path: what it is about, for the
+        unit's second embedding (a list item or a bare "It takes 4 years." alone says little)."""
+        return [f"{self.article_title}. {self.section_path}: {t}" for t in self.sentence_texts()]
+
 
 @cache
 def _segmenter() -> pysbd.Segmenter:

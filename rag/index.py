@@ -50,8 +50,9 @@ from rag.tokens import english_stems, proper_words, tokenize, vocabulary
 # 2: sentences get their own FAISS index; 3: "LLMs" is tokenised "llm";
 # 4: the manifest records every file's size and SHA-256; table rows and list items are
 # whole units with their shapes (cells, introduction); 5: initialisms ("U.S.") are words;
-# 6: bracketed and name letters ("83(b)" -> "83b", "Series B" -> "seri", "seriesb")
-FORMAT_VERSION = 6
+# 6: bracketed and name letters ("83(b)" -> "83b", "Series B" -> "seri", "seriesb");
+# 7: every unit also embedded under its title and section path (contexts.npy)
+FORMAT_VERSION = 7
 MANIFEST = "manifest.json"
 BUILDS_SUFFIX = ".builds"  # sibling folder holding every build; `index` links to the current one
 LOCK_FILE = "build.lock"
@@ -61,6 +62,7 @@ _INDEX_FILES = (
     "dense.faiss",
     "sentences.faiss",
     "sentences.npy",
+    "contexts.npy",
     "passage_vectors.npy",
     "bm25/",
     "bm25_sentences/",
@@ -105,6 +107,7 @@ class Index:
     store: Store  # what retrieval searches: FAISS and bm25s here, or PostgreSQL
     passage_vectors: np.ndarray  # the unit vectors in the dense index, row per passage
     sentence_vectors: np.ndarray  # one row per sentence of every passage, in order
+    context_vectors: np.ndarray  # the same sentences under their title and section path
     sentence_start: np.ndarray  # passage i's sentences are rows start[i]:start[i + 1]
     sentence_tokens: tuple[frozenset[str], ...]  # lexical tokens of every sentence, same order
     heading_tokens: tuple[frozenset[str], ...]  # tokens of each passage's title and section path
@@ -231,7 +234,8 @@ def _build(
     passages = chunk_articles(articles, settings)
     _check_passages(settings, articles, passages)
     sentences = [s for p in passages for s in p.sentence_texts()]
-    texts = [p.indexed_text for p in passages] + sentences
+    contexts = [c for p in passages for c in p.context_texts()]
+    texts = [p.indexed_text for p in passages] + sentences + contexts
     keys = [text_key(settings.model, t) for t in texts]
     cache, embedded = cached_embeddings(
         settings,
@@ -245,7 +249,9 @@ def _build(
         embed=embed,
     )
     vectors = np.stack([cache[k] for k in keys]).astype(np.float32)
-    passage_vectors, sentence_vectors = vectors[: len(passages)], vectors[len(passages) :]
+    passage_vectors = vectors[: len(passages)]
+    sentence_vectors = vectors[len(passages) : len(passages) + len(sentences)]
+    context_vectors = vectors[len(passages) + len(sentences) :]
     # Keep only what this build uses, so the cache does not grow with every edit.
     cache = {k: cache[k] for k in dict.fromkeys(keys)}
     # Serving encodes questions with this export alone (no PyTorch); it is made once a model.
@@ -269,6 +275,7 @@ def _build(
             passages,
             passage_vectors,
             sentence_vectors,
+            context_vectors,
             cache,
             encoder,
         )
@@ -430,6 +437,7 @@ def _write(
     passages: list[Passage],
     passage_vectors: np.ndarray,
     sentence_vectors: np.ndarray,
+    context_vectors: np.ndarray,
     cache: dict[str, np.ndarray],
     encoder: Path,
 ) -> dict:
@@ -444,6 +452,7 @@ def _write(
     _write_faiss(dense_index(passage_vectors, kinds["passages"]), build / "dense.faiss")
     _write_faiss(dense_index(sentence_vectors, kinds["sentences"]), build / "sentences.faiss")
     np.save(build / "sentences.npy", sentence_vectors.astype(np.float16))
+    np.save(build / "contexts.npy", context_vectors.astype(np.float16))
     np.save(build / "passage_vectors.npy", passage_vectors)
 
     bm25 = bm25s.BM25()
@@ -784,6 +793,7 @@ def load_build(path: Path, manifest: dict) -> Index:
         bm25 = bm25s.BM25.load(str(path / "bm25"))
         sentence_bm25 = bm25s.BM25.load(str(path / "bm25_sentences"))
         sentence_vectors = np.load(path / "sentences.npy").astype(np.float32)
+        context_vectors = np.load(path / "contexts.npy").astype(np.float32)
         sentence_dense = faiss.read_index(str(path / "sentences.faiss"))
         passages = tuple(
             passage_of(row)
@@ -803,6 +813,7 @@ def load_build(path: Path, manifest: dict) -> Index:
         or dense.d != manifest.get("dimension")
         or counts.get("passages") != len(passages)
         or len(sentence_vectors) != starts[-1]
+        or context_vectors.shape != sentence_vectors.shape
         or sentence_dense.ntotal != starts[-1]
         or passage_vectors.shape != (len(passages), dense.d)
         or counts.get("articles") != len(articles)
@@ -815,7 +826,8 @@ def load_build(path: Path, manifest: dict) -> Index:
             "run `rag index` to rebuild"
         )
     store = FileStore(dense, sentence_dense, bm25, sentence_bm25, starts, path.name)
-    return assemble(manifest, passages, articles, store, passage_vectors, sentence_vectors, path)
+    vectors = (passage_vectors, sentence_vectors, context_vectors)
+    return assemble(manifest, passages, articles, store, *vectors, path)
 
 
 def assemble(
@@ -825,6 +837,7 @@ def assemble(
     store: Store,
     passage_vectors: np.ndarray,
     sentence_vectors: np.ndarray,
+    context_vectors: np.ndarray,
     path: Path,
 ) -> Index:
     """An index from its records, vectors and store, with the lexical tables answering reads."""
@@ -847,6 +860,7 @@ def assemble(
         store,
         passage_vectors,
         sentence_vectors,
+        context_vectors,
         starts,
         sentence_tokens,
         heading_tokens,

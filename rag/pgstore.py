@@ -306,8 +306,8 @@ class GenerationWriter:
         connection.execute(
             sql.SQL(
                 "CREATE TABLE {} (sentence int PRIMARY KEY, passage int NOT NULL, "
-                "embedding vector({}) NOT NULL)"
-            ).format(table["sentences"], sql.Literal(dimension))
+                "embedding vector({}) NOT NULL, context vector({}) NOT NULL)"
+            ).format(table["sentences"], sql.Literal(dimension), sql.Literal(dimension))
         )
         connection.execute(
             sql.SQL(
@@ -335,11 +335,14 @@ class GenerationWriter:
             passage_of_sentence = np.repeat(
                 np.arange(len(index.passages)), np.diff(index.sentence_start)
             )
-            copy = sql.SQL("COPY {} (sentence, passage, embedding) FROM STDIN WITH (FORMAT BINARY)")
+            copy = sql.SQL(
+                "COPY {} (sentence, passage, embedding, context) FROM STDIN WITH (FORMAT BINARY)"
+            )
             with cursor.copy(copy.format(table["sentences"])) as rows:
-                rows.set_types(["int4", "int4", "vector"])
+                rows.set_types(["int4", "int4", "vector", "vector"])
                 for row, vector in enumerate(sentence_vectors):
-                    rows.write_row((row, int(passage_of_sentence[row]), vector))
+                    context = index.context_vectors[row]
+                    rows.write_row((row, int(passage_of_sentence[row]), vector, context))
             with cursor.copy(
                 sql.SQL("COPY {} (term, position, weight) FROM STDIN").format(
                     table["passage_terms"]
@@ -444,7 +447,7 @@ def load_active(settings: Settings, embedder: Embedder | None = None) -> Index:
                     )
                 ).fetchall()
                 sentences = cursor.execute(
-                    sql.SQL("SELECT embedding FROM {} ORDER BY sentence").format(
+                    sql.SQL("SELECT embedding, context FROM {} ORDER BY sentence").format(
                         _table(generation, "sentences")
                     )
                 ).fetchall()
@@ -456,11 +459,12 @@ def load_active(settings: Settings, embedder: Embedder | None = None) -> Index:
         -1, dimension
     )
     # As the file store keeps them for the answer step: rounded to float16.
-    sentence_vectors = (
-        np.array([_array(v) for (v,) in sentences], dtype=np.float32)
+    sentence_vectors, context_vectors = (
+        np.array([_array(row[n]) for row in sentences], dtype=np.float32)
         .reshape(-1, dimension)
         .astype(np.float16)
         .astype(np.float32)
+        for n in (0, 1)
     )
     starts = np.cumsum([0, *(len(p.sentences) for p in passages)])
     if len(sentence_vectors) != starts[-1] or manifest["counts"]["passages"] != len(passages):
@@ -475,6 +479,7 @@ def load_active(settings: Settings, embedder: Embedder | None = None) -> Index:
         store,
         passage_vectors,
         sentence_vectors,
+        context_vectors,
         settings.index_dir,
     )
 

@@ -67,6 +67,7 @@ CANDIDATE_FEATURES = (
     "table_row",  # the unit is a row of a table
     "list_item",  # the unit is an item of a list
     "list_wanted_item",  # a list question, and the unit is a list item or table row
+    "context_cosine",  # the unit under its title and section path against the question
 )
 QUESTION_FEATURES = (
     "best_score",  # the ranker's score of the best candidate
@@ -237,6 +238,7 @@ def candidates(
         first = int(index.sentence_start[hit.position])
         count = len(passage.sentences)
         cosines = index.sentence_vectors[first : first + count] @ vector
+        context_cosines = index.context_vectors[first : first + count] @ vector
         heading = index.heading_tokens[hit.position]
         passage_words = index.passage_tokens[hit.position]
         # A name no article mentions is missing from every passage, this one's too.
@@ -323,6 +325,7 @@ def candidates(
                         float(shape == "table_row"),
                         float(shape == "list_item"),
                         float(question.wants == "list" and shape != "sentence"),
+                        float(context_cosines[units[0]]),
                     ],
                 )
             )
