@@ -83,9 +83,11 @@ def indexed_corpus(small_corpus: Settings, embedder: Embedder) -> Settings:
 
 
 def _texts(settings: Settings, articles: list[Article]) -> set[str]:
-    """Every text an index build embeds for these articles: passages and sentences."""
+    """Every text an index build embeds for these articles: passages, sentences and the
+    sentences under their headings."""
     passages = chunk_articles(articles, settings)
-    return {p.indexed_text for p in passages} | {s for p in passages for s in p.sentence_texts()}
+    units = {s for p in passages for s in [*p.sentence_texts(), *p.context_texts()]}
+    return {p.indexed_text for p in passages} | units
 
 
 def _snapshot(settings: Settings) -> dict[str, bytes]:

@@ -130,7 +130,7 @@ def test_rag_add_shows_its_progress(built: Settings, tmp_path: Path) -> None:
     result = invoke(built, "add", str(tmp_path / "new.md"))
 
     assert result.exit_code == 0, result.output
-    assert "read 2 files: 2 articles, 4 passages; 4 of 8 texts to embed" in result.stderr
+    assert "read 2 files: 2 articles, 4 passages; 6 of 12 texts to embed" in result.stderr
     assert "writing the index" in result.stderr
 
 

@@ -113,10 +113,11 @@ def test_round_trip_finds_the_right_passage_first(
 
 def test_rebuild_reuses_cached_embeddings(tiny_settings: Settings, embedder: Embedder) -> None:
     tiny_corpus(tiny_settings)
-    assert build_index(tiny_settings, embedder).embedded == 6  # 2 passages + 4 sentences
+    # 2 passages, 4 sentences, and the 4 under their headings
+    assert build_index(tiny_settings, embedder).embedded == 10
     assert build_index(tiny_settings, embedder).embedded == 0
     write_article(tiny_settings.corpus_dir, "new", "Fresh", "A brand new passage about pay.")
-    assert build_index(tiny_settings, embedder).embedded == 2
+    assert build_index(tiny_settings, embedder).embedded == 3  # its passage, sentence, context
     assert tiny_settings.index_dir.is_symlink()
 
 
@@ -155,7 +156,7 @@ def test_rag_index_cli_summary_and_errors(tiny_settings: Settings) -> None:
     tiny_corpus(tiny_settings)
     result = runner.invoke(cli, ["index", "--quiet", *args])
     assert result.exit_code == 0, result.output
-    assert "indexed 2 articles, 2 sections, 2 passages (6 texts embedded)" in result.output
+    assert "indexed 2 articles, 2 sections, 2 passages (10 texts embedded)" in result.output
     missing = [
         "index",
         "--quiet",
