@@ -58,7 +58,8 @@ def _rag(root: Path, database_url: str, index: str, *args: str) -> subprocess.Po
 
 
 def _assert_same_vectors(root: Path, index: str) -> None:
-    for name, tolerance in (("passage_vectors.npy", 1e-5), ("sentences.npy", 2e-3)):
+    vectors = (("passage_vectors.npy", 1e-5), ("sentences.npy", 2e-3), ("contexts.npy", 2e-3))
+    for name, tolerance in vectors:
         single = np.load(root / "single" / name).astype(np.float32)
         shared = np.load(root / index / name).astype(np.float32)
         assert single.shape == shared.shape

@@ -66,6 +66,27 @@ def test_a_crafted_faiss_file_is_refused_before_it_is_read(
         load_index(built, embedder)
 
 
+def test_a_missing_or_foreign_contexts_file_is_refused_and_the_index_is_kept(
+    built: Settings, embedder: Embedder, tmp_path: Path
+) -> None:
+    """The units' vectors under their headings are checked like every other index file."""
+    contexts = built.index_dir / "contexts.npy"
+    kept = contexts.read_bytes()
+    other = built.with_(corpus_dir=tmp_path / "other", index_dir=tmp_path / "other-index")
+    other.corpus_dir.mkdir()
+    (other.corpus_dir / "other.md").write_text(article("other", "Fortran"))
+    build_index(other, embedder)
+    contexts.write_bytes((other.index_dir / "contexts.npy").read_bytes())  # same shape
+
+    with pytest.raises(IndexMismatchError, match=r"contexts\.npy does not match .* `rag index`"):
+        load_index(built, embedder)
+    contexts.unlink()
+    with pytest.raises(IndexMismatchError, match=r"the index lacks contexts\.npy; run `rag index`"):
+        load_index(built, embedder)
+    contexts.write_bytes(kept)
+    assert load_index(built, embedder).context_vectors.shape == (2, 384)
+
+
 @pytest.mark.parametrize("field", ["articles", "passages"])
 def test_a_manifest_without_a_count_leaves_health_a_clear_503(built: Settings, field: str) -> None:
     path = built.index_dir / "manifest.json"
