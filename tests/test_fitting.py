@@ -118,7 +118,7 @@ def test_rag_fit_reproduces_the_shipped_model(tmp_path: Path) -> None:
     result = _on_benchmark_corpora(tmp_path, "eval", str(HELD_OUT / "tts-handbook"), "--per-corpus")
     assert result.exit_code == 0, result.output
     assert f"each corpus on its own index, model {shipped['version']}\n" in result.output
-    assert "| tts-handbook | 210 |" in result.output and "in sample" not in result.output
+    assert "| tts-handbook | 280 |" in result.output and "in sample" not in result.output
     both = CliRunner().invoke(cli, ["eval", str(HELD_OUT), "--per-corpus", "--folds", "corpus"])
     assert both.exit_code == 2 and "--folds and --per-corpus exclude each other" in both.output
 
