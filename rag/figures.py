@@ -128,6 +128,18 @@ _ASKS_YESNO = re.compile(
     r"^(is|are|do|does|did|can|could|should|will|would|has|have|must|may|was|were)\b"
 )
 
+# A yes/no question can open with a clause of its own ("if i move to a cheaper city will
+# they cut my pay?", "got a 4 on my review, am i still getting stock?"): its question is
+# an auxiliary verb before its subject, in a question that opens with no question word.
+_EMBEDDED_YESNO = re.compile(
+    r"\b(is|are|am|was|were|do|does|did|can|could|will|would|should|must|has|have)\s+"
+    r"(i|you|we|they|he|she|it|my|your|our|their|the|that|this|these|those|there|someone|"
+    r"anyone|a|an)\b"
+)
+_QUESTION_WORD_FIRST = re.compile(
+    r"^(and |so |but |ok |also )?(what|which|who|whom|whose|when|where|why|how)\b"
+)
+
 # A yes/no question asks for a figure only in so many words ("... and by how much?").
 _ASKS_FIGURE = re.compile(
     r"\bhow (much|long|many|often|soon|big|large)\b|\bwhat (percent|percentage|share|proportion)\b"
@@ -167,9 +179,14 @@ def wanted_kind(lowered: str) -> str:
     'yesno'
     >>> wanted_kind("what happens if i dont hand back my laptop when i leave")
     'other'
+    >>> wanted_kind("if i move to a cheaper city will they cut my pay??")
+    'yesno'
     """
     text = lowered.strip().rstrip("?!. ")
-    if _ASKS_YESNO.search(text) and not _ASKS_FIGURE.search(text):
+    yes_no = _ASKS_YESNO.search(text) or (
+        _EMBEDDED_YESNO.search(text) and not _QUESTION_WORD_FIRST.search(text)
+    )
+    if yes_no and not _ASKS_FIGURE.search(text):
         return "yesno"  # "is the signing bonus negotiable?" asks no amount
     for kind, asks in _ASKS:
         if asks.search(text) and not (kind == "definition" and _LIST_NOUNS.search(text)):
