@@ -64,6 +64,30 @@ _HAS_DATE = re.compile(
     r"october|november|december)\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b",
     re.IGNORECASE,
 )
+# "When" is answered as often by a time relative to something else as by a date: "within
+# 30 days of the grant", "6-7 months before the term ends", "on the 15th", "on Mondays",
+# "on your last day", "at the end of the year".
+_HAS_RELATIVE_TIME = re.compile(
+    r"\b(?:within|before|after|prior to|every|once (?:a|per|every)|until|following|ago|later)\b"
+    r"|\b(?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)\b(?! percentile)"
+    r"|\b(?:mon|tues|wednes|thurs|fri|satur|sun)days?\b"
+    r"|\b(?:last|first|final|same) (?:day|week|month)\b|\bend of (?:the |each |every )?"
+    r"(?:year|month|quarter|week|day|fiscal year|term|period)\b",
+    re.IGNORECASE,
+)
+
+
+def _states_date(text: str) -> bool:
+    if _HAS_DATE.search(text):
+        return True
+    relative = _HAS_RELATIVE_TIME.search(text)
+    return bool(relative) and (
+        bool(_HAS_DURATION.search(text)) or not relative.group().lower().startswith(_CONNECTIVES)
+    )
+
+
+_CONNECTIVES = ("within", "before", "after", "prior", "every", "once", "until", "following")
+
 # A count: a number that is not part of a code ("AI-102", "A100"), nor money ("$165")
 # nor a share ("35%").
 _HAS_COUNT = re.compile(
@@ -77,7 +101,7 @@ _STATES = {
     "amount": _HAS_AMOUNT,
     "share": _HAS_SHARE,
     "duration": _HAS_DURATION,
-    "date": _HAS_DATE,
+    "date": None,  # `_states_date`
     "count": _HAS_COUNT,
 }
 
@@ -209,7 +233,13 @@ def states(kind: str, text: str) -> bool:
     True
     >>> [states("count", t) for t in ("60 questions", "three rounds", "$120,000", "35%")]
     [True, True, False, False]
+    >>> [states("date", t) for t in ("in 2025", "within 30 days of the grant", "on the 15th")]
+    [True, True, True]
+    >>> [states("date", t) for t in ("before you leave, talk to them", "the 75th percentile")]
+    [False, False]
     """
+    if kind == "date":
+        return _states_date(text)
     pattern = _STATES.get(kind)
     return bool(pattern and pattern.search(text))
 
