@@ -77,6 +77,10 @@ _HAS_RELATIVE_TIME = re.compile(
 )
 
 
+# These words make a time only with a duration beside them ("within 30 days").
+_CONNECTIVES = ("within", "before", "after", "prior", "every", "once", "until", "following")
+
+
 def _states_date(text: str) -> bool:
     if _HAS_DATE.search(text):
         return True
@@ -85,8 +89,6 @@ def _states_date(text: str) -> bool:
         bool(_HAS_DURATION.search(text)) or not relative.group().lower().startswith(_CONNECTIVES)
     )
 
-
-_CONNECTIVES = ("within", "before", "after", "prior", "every", "once", "until", "following")
 
 # A count: a number that is not part of a code ("AI-102", "A100"), nor money ("$165")
 # nor a share ("35%").
@@ -98,11 +100,11 @@ _HAS_COUNT = re.compile(
 HAS_DIGIT = re.compile(r"(?<![\w-])\d")
 
 _STATES = {
-    "amount": _HAS_AMOUNT,
-    "share": _HAS_SHARE,
-    "duration": _HAS_DURATION,
-    "date": None,  # `_states_date`
-    "count": _HAS_COUNT,
+    "amount": _HAS_AMOUNT.search,
+    "share": _HAS_SHARE.search,
+    "duration": _HAS_DURATION.search,
+    "date": _states_date,
+    "count": _HAS_COUNT.search,
 }
 
 _ASKS_SHARE = re.compile(
@@ -238,10 +240,8 @@ def states(kind: str, text: str) -> bool:
     >>> [states("date", t) for t in ("before you leave, talk to them", "the 75th percentile")]
     [False, False]
     """
-    if kind == "date":
-        return _states_date(text)
-    pattern = _STATES.get(kind)
-    return bool(pattern and pattern.search(text))
+    finds = _STATES.get(kind)
+    return bool(finds and finds(text))
 
 
 @lru_cache(maxsize=1 << 16)
