@@ -17,11 +17,13 @@ test: install browser lint
 install: $(STAMP)
 
 # torch first, pinned: the CPU build is on disk here; an unpinned torch pulls a CUDA build.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the versions the shipped answer model was fitted
+# with: its weights depend on the embedder's and the parsers' arithmetic.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # Build when the index is missing, or was built from other corpus files, settings or an
