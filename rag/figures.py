@@ -118,7 +118,7 @@ _ASKS_AMOUNT = re.compile(
     r"|\bhow much (do|does|did|can|could|would|will|is|are)\b.*\b(make|get|cost)\b"
 )
 _ASKS_DURATION = re.compile(
-    r"\bhow (long|many (minutes|hours|days|weeks|months|years))\b|\bhow often\b|\bhow soon\b"
+    rf"\bhow (long|many {_UNIT})\b|\bhow often\b|\bhow soon\b"
     r"|\bwhat (duration|length|period|timeline)\b"
 )
 # "When" asks for a date as the question word ("when is ...", "..., when do we ..."), not
