@@ -107,9 +107,15 @@ _STATES = {
     "count": _HAS_COUNT.search,
 }
 
+# "How much" as the question's own word, not in a clause ("what determines how much ...").
+_HOW_MUCH = r"^(?!(?:what|which|why|who|where)\b).*\bhow much\b"
 _ASKS_SHARE = re.compile(
     r"\b(percent|percentage|what share|what proportion|what fraction|how many of|"
     r"(pass|passing|success|failure|attrition|turnover|retention|acceptance|approval) rate)\b|%"
+    # a part of a whole ("how much of my grant vests"), equity, a weight, or a change
+    rf"|{_HOW_MUCH} (of|equity|weight)\b"
+    rf"|{_HOW_MUCH}.*\b((go|goes|gone|went|going) (up|down)|improved?|increased?|grow|grew|"
+    r"grown|rise|rose|risen|drop(ped)?|fall|fell|fallen|decreased?)\b"
 )
 _ASKS_AMOUNT = re.compile(
     r"\b(salar(y|ies)|earn(s|ing|ings)?|paid|pay|pays|cost(s)?|fees?|tuition|price[sd]?|"
@@ -118,8 +124,10 @@ _ASKS_AMOUNT = re.compile(
     r"|\bhow much (do|does|did|can|could|would|will|is|are)\b.*\b(make|get|cost)\b"
 )
 _ASKS_DURATION = re.compile(
-    rf"\bhow (long|many {_UNIT})\b|\bhow often\b|\bhow soon\b"
-    r"|\bwhat (duration|length|period|timeline)\b"
+    rf"\bhow (long|many {_UNIT})\b|\bhow (often|soon|quickly|fast)\b"
+    r"|\bhow far (ahead|in advance|before)\b|\btime-to-\w+"
+    rf"|{_HOW_MUCH} (\w+ )?experience\b"
+    r"|\bwhat (durations?|lengths?|periods?|timelines?)\b"
 )
 # "When" asks for a date as the question word ("when is ...", "..., when do we ..."), not
 # in a clause ("what happens if I don't hand back my laptop when I leave").
@@ -128,6 +136,9 @@ _ASKS_DATE = re.compile(
     r"|\bwhen (is|are|am|was|were|do|does|did|will|can|could|should|would|must|has|have)\b"
     r"|\b(what year|which year|by when|since when|what date|deadline)\b"
 )
+# Any other "how much" asks an amount ("how much is the exam?"), time aside: "how much
+# research time" is answered by a share as often as by a duration.
+_ASKS_HOW_MUCH = re.compile(rf"{_HOW_MUCH}(?! (\w+ )?time\b)")
 _ASKS_COUNT = re.compile(
     r"\bhow many\b|\bnumber of\b|\bhow big\b|\bhow large\b|\b(what|which|passing|pass) "
     r"(score|mark|grade|level)\b|\bscore (do|does) (i|you|one) need\b"
@@ -183,6 +194,7 @@ _ASKS = (
     ("amount", _ASKS_AMOUNT),
     ("date", _ASKS_DATE),
     ("count", _ASKS_COUNT),
+    ("amount", _ASKS_HOW_MUCH),
     ("definition", _ASKS_DEFINITION),
     ("list", _ASKS_LIST),
     ("yesno", _ASKS_YESNO),
