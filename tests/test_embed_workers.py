@@ -100,9 +100,13 @@ def test_a_worker_killed_mid_batch_leaves_its_batch_to_another(
     corpus: Path, database_url: str
 ) -> None:
     coordinator = _rag(corpus, database_url, "after-kill", "index", "--no-embed")
-    wait_for_line(coordinator.stderr, "queued")  # type: ignore[arg-type]
+    line = wait_for_line(coordinator.stderr, "queued")  # type: ignore[arg-type]
+    queued = int(line.split("queued ", 1)[1].split()[0])
     with psycopg.connect(database_url, autocommit=True) as db:
-        (queued,) = db.execute("SELECT count(*) FROM embedding_queue").fetchone()
+        deadline = time.monotonic() + 60
+        while db.execute("SELECT count(*) FROM embedding_queue").fetchone() != (queued,):
+            assert time.monotonic() < deadline, f"the queue never held the {queued} texts"
+            time.sleep(0.2)
         first = _rag(corpus, database_url, "after-kill", "index", "--worker", "--batch", "4096")
         wait_for_line(first.stderr, f"took {queued} texts")  # type: ignore[arg-type]
         first.send_signal(signal.SIGKILL)
