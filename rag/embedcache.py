@@ -103,11 +103,13 @@ def run_worker(
         report(f"worker {_worker_name()} ready: embedding queued texts of {settings.model}")
         total = 0
         while True:
-            taken = _embed_batch(pool, settings, lambda: embedder, batch, report)
-            total += taken
+            taken, embedded = _embed_batch(pool, settings, lambda: embedder, batch, report)
+            total += embedded
+            if embedded:
+                report(f"embedded {embedded} texts ({total} in all)")
             if taken:
-                report(f"embedded {taken} texts ({total} in all)")
-            elif wait:
+                continue
+            if wait:
                 time.sleep(POLL_SECONDS)
             else:
                 return total
@@ -156,7 +158,7 @@ def _from_database(
     pending = set(missing)
     last_word = time.monotonic()
     while pending:
-        taken = _embed_batch(pool, settings, model, BATCH, lambda message: None) if embed else 0
+        taken = _embed_batch(pool, settings, model, BATCH, lambda message: None)[0] if embed else 0
         found = _fetch(pool, list(pending))
         cache.update(found)
         pending.difference_update(found)
@@ -172,11 +174,15 @@ def _from_database(
 
 def _embed_batch(
     pool: object, settings: Settings, model: Callable[[], Embedder], size: int, report: Report
-) -> int:
-    """Take up to ``size`` queued texts no one else holds, embed them, store them; how many.
+) -> tuple[int, int]:
+    """Take up to ``size`` queued texts no one else holds, embed them, store them; how many
+    were taken off the queue, and how many of those had to be embedded.
 
     The rows stay locked until the vectors are written and the rows deleted, in one
-    transaction: a process killed meanwhile leaves them queued and free to take.
+    transaction: a process killed meanwhile leaves them queued and free to take. A text
+    embedded since it was queued is taken off without being embedded again: a coordinator
+    that queues its missing texts again can do so while a worker's batch commits (its
+    insert does not yet see that batch's vectors, and the queue row it waited on is gone).
     """
     with pool.connection() as connection:  # type: ignore[attr-defined]
         rows = connection.execute(
@@ -185,22 +191,29 @@ def _embed_batch(
             (settings.model, size),
         ).fetchall()
         if not rows:
-            return 0
-        report(f"took {len(rows)} texts")
-        vectors = model().encode([text for _, text in rows])
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO embedding (key, model, dimension, vector, embedded_by) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
-                [
-                    (key, settings.model, len(vector), _to_bytes(vector), _worker_name())
-                    for (key, _), vector in zip(rows, vectors, strict=True)
-                ],
-            )
-        connection.execute(
-            "DELETE FROM embedding_queue WHERE key = ANY(%s)", ([key for key, _ in rows],)
-        )
-    return len(rows)
+            return 0, 0
+        keys = [key for key, _ in rows]
+        done = {
+            key
+            for (key,) in connection.execute(
+                "SELECT key FROM embedding WHERE key = ANY(%s)", (keys,)
+            ).fetchall()
+        }
+        fresh = [(key, text) for key, text in rows if key not in done]
+        if fresh:
+            report(f"took {len(fresh)} texts")
+            vectors = model().encode([text for _, text in fresh])
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO embedding (key, model, dimension, vector, embedded_by) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING",
+                    [
+                        (key, settings.model, len(vector), _to_bytes(vector), _worker_name())
+                        for (key, _), vector in zip(fresh, vectors, strict=True)
+                    ],
+                )
+        connection.execute("DELETE FROM embedding_queue WHERE key = ANY(%s)", (keys,))
+    return len(rows), len(fresh)
 
 
 def _enqueue(pool: object, model: str, texts: dict[str, str]) -> None:

